@@ -1,0 +1,50 @@
+"""`vram-steward`: the tray app by default; `daemon`, `status`, `config`, `models`, `evict|pause|resume`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app import __version__, cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vram-steward",
+        description="Keeps local LLMs in VRAM while the GPU is free; frees it when a game needs it.",
+    )
+    parser.add_argument("--version", action="version", version=f"vram-steward {__version__}")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="settings file (default: platform config dir)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to the terminal")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in cli.command_modules():
+        module = cli.load(name)
+        module.register(sub)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from app.core.logs import setup_logging
+
+    setup_logging(verbose=args.verbose)
+    func = getattr(args, "func", None)
+    if func is None:
+        if "gui" in cli.command_modules():
+            gui = cli.load("gui")
+            return int(gui.run(args))  # type: ignore[attr-defined]
+        parser.print_help()
+        return 0
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Typed events and the audit log.
+
+Every event is a frozen dataclass with a `kind` (its class name), the time it happened on the engine's clock
+(`at`), a severity and its facts. The engine publishes them to the UI, the API and the notifier; the audit
+log keeps them as JSON lines in the platform state dir, rotated by size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+logger = logging.getLogger(__name__)
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of all events. `at` is the engine clock's time (seconds); `wall_time` is Unix time for logs."""
+
+    at: float
+    wall_time: float | None = None
+    severity: ClassVar[Severity] = Severity.INFO
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def describe(self) -> str:
+        """One line for people (CLI, notifications, the dashboard's event list)."""
+        facts = ", ".join(f"{k}={v}" for k, v in self.facts().items())
+        return f"{self.kind}: {facts}"
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            f.name: _jsonable(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ("at", "wall_time")
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "at": self.at,
+            "wall_time": self.wall_time,
+            "severity": str(type(self).severity),
+            **self.facts(),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --- residency (audit) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class VramAllocated(Event):
+    model: str
+    gpu: int
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class VramAllocationFailed(Event):
+    severity: ClassVar[Severity] = Severity.WARNING
+    model: str
+    gpu: int
+    bytes: int
+    reason: str  # insufficient_vram | cuda_allocation_failed | model_file_error | ...
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VramSealed(Event):
+    model: str
+    gpu: int
+    bytes: int
+    digest: str
+    seconds: float
+    bytes_per_s: float
+    file_changed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealVerified(Event):
+    model: str
+    gpu: int
+    digest: str
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SealVerificationFailed(Event):
+    severity: ClassVar[Severity] = Severity.CRITICAL
+    model: str
+    gpu: int
+    damaged_chunks: tuple[int, ...]
+    chunk_size_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class VramDeallocated(Event):
+    model: str
+    gpu: int
+    bytes: int
+    reason: str
+    residue_bytes: int | None = None  # VRAM still held by us after the free, as NVML saw it
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostDied(Event):
+    severity: ClassVar[Severity] = Severity.ERROR
+    gpu: int
+    pid: int
+    exit_code: int | None
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadProgress(Event):
+    model: str
+    gpu: int
+    done_bytes: int
+    total_bytes: int
+
+
+# --- policy and engine ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelsEvicted(Event):
+    gpu: int
+    models: tuple[str, ...]
+    reason: str  # game | pressure | user | pause | sleep | thermal | battery | dedicated
+    trigger: str  # the process or signal that caused it, for people ("Cyberpunk 2077")
+    freed_bytes: int | None  # as measured through NVML after the free; None when it could not be measured
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed(Event):
+    gpu: int
+    models: tuple[str, ...]
+    after_s: float  # how long the models were out
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadRefused(Event):
+    severity: ClassVar[Severity] = Severity.WARNING
+    model: str
+    gpu: int
+    reason: str
+    need_bytes: int | None = None
+    available_bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GameStarted(Event):
+    name: str
+    source: str  # gamemode | steam | exclusive_app | scenario
+    pid: int | None = None
+    app_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GameEnded(Event):
+    name: str
+    source: str
+    pid: int | None = None
+    app_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuLost(Event):
+    severity: ClassVar[Severity] = Severity.ERROR
+    gpu: int
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendProblem(Event):
+    severity: ClassVar[Severity] = Severity.ERROR
+    state: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paused(Event):
+    by: str = "user"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unpaused(Event):
+    by: str = "user"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineError(Event):
+    severity: ClassVar[Severity] = Severity.ERROR
+    where: str
+    message: str
+
+
+# --- the audit log -------------------------------------------------------------------------------
+
+
+class AuditLog:
+    """Append-only JSON lines; rotated by size into `audit.jsonl.1` ... `.N` (oldest dropped).
+
+    Writes are line-atomic (one write() of a whole line under a lock, opened with O_APPEND).
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 5 * 1024 * 1024, backups: int = 3) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+
+    def write(self, event: Event) -> None:
+        line = json.dumps(event.to_json(), sort_keys=True, default=str) + "\n"
+        data = line.encode()
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+                    self._rotate()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as exc:  # the audit log must never take the engine down
+                logger.warning("could not write the audit log %s: %s", self.path, exc)
+
+    def _rotate(self) -> None:
+        for i in range(self.backups, 0, -1):
+            src = self.path if i == 1 else self.path.with_name(f"{self.path.name}.{i - 1}")
+            dst = self.path.with_name(f"{self.path.name}.{i}")
+            if src.exists():
+                os.replace(src, dst)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All events in the current file, oldest first (for tests and `vram-steward status`)."""
+        if not self.path.exists():
+            return []
+        out: list[dict[str, Any]] = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        VramAllocated,
+        VramAllocationFailed,
+        VramSealed,
+        SealVerified,
+        SealVerificationFailed,
+        VramDeallocated,
+        HostDied,
+        LoadProgress,
+        ModelsEvicted,
+        Resumed,
+        LoadRefused,
+        GameStarted,
+        GameEnded,
+        GpuLost,
+        BackendProblem,
+        Paused,
+        Unpaused,
+        EngineError,
+    )
+}
+
+__all__ = ["EVENT_TYPES", "AuditLog", "Event", "Severity", "field"]
