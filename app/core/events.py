@@ -195,6 +195,15 @@ class GameEnded(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GameWarning(Event):
+    """A game started while auto-pause for gaming is off: the UI offers "Free now"."""
+
+    severity: ClassVar[Severity] = Severity.WARNING
+    gpu: int
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class GpuLost(Event):
     severity: ClassVar[Severity] = Severity.ERROR
     gpu: int
@@ -290,6 +299,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LoadRefused,
         GameStarted,
         GameEnded,
+        GameWarning,
         GpuLost,
         BackendProblem,
         Paused,

@@ -1,0 +1,23 @@
+"""Helpers shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from app.core.config import Settings
+from app.core.errors import VramError
+
+
+def load_settings_or_exit(args: argparse.Namespace, *, check_files: bool = True) -> Settings:
+    """The settings from --config or the default file; a broken file prints its errors and exits 1."""
+    from app.core import config
+
+    loader = getattr(config, "load_settings", None)
+    if loader is None:
+        return Settings()
+    try:
+        return loader(getattr(args, "config", None), check_files=check_files)  # type: ignore[no-any-return]
+    except VramError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        raise SystemExit(1) from None

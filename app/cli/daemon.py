@@ -1,0 +1,79 @@
+"""`vram-steward daemon [--simulate SCENARIO]`: the engine without Qt, events printed live."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from app.cli.common import load_settings_or_exit
+from app.core.events import Event
+from app.core.messages import describe
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("daemon", help="run headless: watch the GPU, evict and resume, serve the local API")
+    p.add_argument("--simulate", metavar="SCENARIO", help="run on a simulated GPU (a scenario name or file)")
+    p.add_argument("--no-api", action="store_true", help="do not start the local HTTP API")
+    p.add_argument("--port", type=int, help="API port (default: api_port from the config)")
+    p.add_argument("--quiet", action="store_true", help="do not print events to the terminal")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_daemon(args, notice=None)
+
+
+def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
+    import dataclasses
+
+    from app.core.wiring import build_runtime
+
+    settings = load_settings_or_exit(args)
+    if getattr(args, "port", None) is not None:
+        settings = dataclasses.replace(settings, api_port=args.port)
+    simulate = getattr(args, "simulate", None)
+    if notice:
+        print(notice, flush=True)
+    try:
+        runtime = build_runtime(settings, simulate=simulate, with_api=not getattr(args, "no_api", False))
+    except Exception as exc:  # a clear line, not a traceback, for what a user can fix
+        from app.core.errors import VramError
+
+        if isinstance(exc, (VramError, OSError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    if runtime.backend.name == "none":
+        print("No NVIDIA GPU found: watching nothing. Try `vram-steward daemon --simulate game-launch`.", flush=True)
+    elif runtime.simulated:
+        print(f"SIMULATION: scenario {simulate} (no real GPU is touched)", flush=True)
+    if not getattr(args, "quiet", False):
+
+        def show(event: Event) -> None:
+            if event.kind == "LoadProgress":
+                return
+            print(f"[{event.at:8.1f}s] {describe(event)}", flush=True)
+
+        runtime.steward.subscribe(show)
+    if runtime.api is not None:
+        print(f"API on http://{settings.api_host}:{runtime.api.bound_port} (token in the state dir)", flush=True)  # type: ignore[attr-defined]
+
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    runtime.start_worker()
+    print("VRAM Steward daemon running; Ctrl+C to stop.", flush=True)
+    while not done.wait(0.5):
+        if runtime.worker is not None and not runtime.worker.is_alive():
+            break
+    print("stopping: releasing VRAM ...", flush=True)
+    runtime.stop()
+    print("stopped.", flush=True)
+    return 0

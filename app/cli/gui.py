@@ -1,0 +1,182 @@
+"""`vram-steward gui [--simulate SCENARIO]` (also what `vram-steward` with no command runs): the tray app.
+
+With no display at all it does not touch Qt (Qt aborts the process when it cannot reach a display): it says
+so and runs the headless daemon instead. With no NVIDIA GPU it runs a simulation and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import load_settings_or_exit
+
+logger = logging.getLogger(__name__)
+
+SIMULATION_SCENARIOS = ("game-launch", "desktop-idle")
+HEADLESS_PLATFORMS = {"offscreen", "minimal", "vnc", "eglfs", "linuxfb"}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("gui", help="the tray app (the default command)")
+    p.add_argument("--simulate", metavar="SCENARIO", help="run on a simulated GPU (a scenario name or file)")
+    p.add_argument("--no-api", action="store_true", help="do not start the local HTTP API")
+    p.set_defaults(func=run)
+
+
+def display_problem(env: Mapping[str, str] | None = None) -> str | None:
+    """Why Qt could not open a window here, or None when it can. Checked before any QApplication exists."""
+    env = os.environ if env is None else env
+    platform = env.get("QT_QPA_PLATFORM", "").split(":")[0].split(";")[0].strip()
+    if platform in HEADLESS_PLATFORMS:
+        return None
+    if sys.platform in ("win32", "darwin"):
+        return None
+    wayland = env.get("WAYLAND_DISPLAY", "")
+    if wayland and platform in ("", "wayland"):
+        socket = Path(wayland) if wayland.startswith("/") else Path(env.get("XDG_RUNTIME_DIR", "")) / wayland
+        if socket.exists():
+            return None
+        if platform == "wayland":
+            return f"the Wayland display {wayland} does not answer (no socket at {socket})"
+    display = env.get("DISPLAY", "")
+    if not display:
+        return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return x11_problem(display)
+
+
+def x11_problem(display: str) -> str | None:
+    """Connect to the X server through libxcb, as Qt's xcb plugin would, and disconnect again."""
+    library = ctypes.util.find_library("xcb")
+    if library is None:
+        return f"cannot reach the X display {display}: libxcb is not installed"
+    xcb = ctypes.CDLL(library)
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    connection = xcb.xcb_connect(display.encode(), None)
+    try:
+        if connection is None or xcb.xcb_connection_has_error(connection):
+            return f"cannot connect to the X display {display}"
+    finally:
+        if connection is not None:
+            xcb.xcb_disconnect(connection)
+    return None
+
+
+def gpu_problem() -> str | None:
+    """None when NVML sees an NVIDIA GPU; otherwise why not, in words."""
+    try:
+        from app.core.gpu.backend import open_backend
+
+        backend = open_backend(None)
+    except Exception as exc:  # no NVML binding, a broken driver: the same answer for the user
+        return f"NVIDIA monitoring is not available ({exc})"
+    try:
+        if backend.name == "none":
+            return backend.sample().message or "NVML reports no NVIDIA GPU"
+        return None
+    finally:
+        backend.close()
+
+
+def simulation_scenario() -> str:
+    from app.core.gpu.scenario import shipped_scenario_names
+
+    names = shipped_scenario_names()
+    for name in SIMULATION_SCENARIOS:
+        if name in names:
+            return name
+    return names[0] if names else SIMULATION_SCENARIOS[0]
+
+
+def choose_backend(args: argparse.Namespace) -> list[str]:
+    """Sets args.simulate when there is no NVIDIA GPU; returns the notices to show."""
+    if getattr(args, "simulate", None):
+        return [f"Simulation: scenario {args.simulate} (no real GPU is touched)."]
+    problem = gpu_problem()
+    if problem is None:
+        return []
+    args.simulate = simulation_scenario()
+    return [f"No NVIDIA GPU found: running a simulation (scenario {args.simulate}). {problem}"]
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = display_problem()
+    if problem is not None:
+        notices = choose_backend(args)
+        print(f"No display: {problem}. Running the headless daemon instead.", flush=True)
+        from app.cli.daemon import run_daemon
+
+        return run_daemon(args, notice="\n".join(notices) or None)
+    return run_gui(args)
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.single_instance import SingleInstance, hand_over_to_running
+
+    settings = load_settings_or_exit(args)
+    app = QApplication.instance() or QApplication(["vram-steward"])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("vram-steward")
+    app.setApplicationDisplayName("VRAM Steward")
+    app.setDesktopFileName("vram-steward")
+    app.setQuitOnLastWindowClosed(False)
+    if hand_over_to_running():
+        print("VRAM Steward is already running: brought its dashboard to the front.", flush=True)
+        return 0
+    instance = SingleInstance()
+    instance.listen()
+
+    notices = choose_backend(args)
+    runtime = _build_runtime(settings, args, notices)
+    if runtime is None:
+        return 2
+    from app.ui.application import StewardApp
+    from app.ui.worker import StewardWorker, runtime_services_stopper
+
+    worker = StewardWorker(runtime.steward, stop_services=runtime_services_stopper(runtime))
+    config_path = getattr(args, "config", None) or settings.source
+    steward_app = StewardApp(worker, settings, config_path, notices=notices)
+    instance.show_requested.connect(steward_app.show_dashboard)
+    for notice in notices:
+        print(notice, flush=True)
+    steward_app.start()
+    try:
+        return int(app.exec())
+    finally:
+        steward_app.shutdown()
+        instance.close()
+
+
+def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) -> Any:
+    from app.core.errors import VramError
+    from app.core.wiring import build_runtime
+
+    with_api = not getattr(args, "no_api", False)
+    try:
+        return build_runtime(settings, simulate=getattr(args, "simulate", None), with_api=with_api)
+    except OSError as exc:
+        if not with_api:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+        logger.warning("the local API could not start: %s", exc)
+        notices.append(f"The local API did not start ({exc}); the app works without it.")
+    except VramError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return None
+    try:
+        return build_runtime(settings, simulate=getattr(args, "simulate", None), with_api=False)
+    except (OSError, VramError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

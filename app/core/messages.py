@@ -1,0 +1,67 @@
+"""Events in words for people: the daemon's live log, notifications, the dashboard's event list."""
+
+from __future__ import annotations
+
+from app.core import events as ev
+from app.core.units import format_gb
+
+
+def _models(models: tuple[str, ...]) -> str:
+    return f"{len(models)} model" + ("" if len(models) == 1 else "s")
+
+
+def describe(event: ev.Event) -> str:
+    """One line that says what happened, with numbers, e.g. "Cyberpunk 2077 started: freed 14.2 GB (2 models)"."""
+    if isinstance(event, ev.ModelsEvicted):
+        freed = f"freed {format_gb(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
+        why = {
+            "game": f"{event.trigger} started",
+            "pressure": f"{event.trigger} needs VRAM",
+            "user": "Evicted on request",
+            "pause": "Paused",
+            "sleep": "System going to sleep",
+            "thermal": f"GPU too hot ({event.trigger})",
+            "battery": "On battery",
+        }.get(event.reason, event.reason)
+        return f"{why}: {freed} ({_models(event.models)}: {', '.join(event.models)}) on GPU {event.gpu}"
+    if isinstance(event, ev.Resumed):
+        return f"GPU {event.gpu} free again: reloading {', '.join(event.models)}"
+    if isinstance(event, ev.LoadRefused):
+        if event.need_bytes is not None and event.available_bytes is not None:
+            return (
+                f"Could not load {event.model}: need {format_gb(event.need_bytes)}, "
+                f"{format_gb(max(event.available_bytes, 0))} free ({event.reason})"
+            )
+        return f"Could not load {event.model}: {event.reason}"
+    if isinstance(event, ev.VramSealed):
+        return (
+            f"{event.model} loaded on GPU {event.gpu}: {format_gb(event.bytes)} in {event.seconds:.1f} s "
+            f"({event.bytes_per_s / 1e9:.1f} GB/s)" + (" (file changed since last load)" if event.file_changed else "")
+        )
+    if isinstance(event, ev.VramAllocated):
+        return f"{event.model} resident on GPU {event.gpu} ({format_gb(event.bytes)})"
+    if isinstance(event, ev.VramDeallocated):
+        residue = f", {format_gb(event.residue_bytes)} still held" if event.residue_bytes else ""
+        return f"{event.model} freed from GPU {event.gpu} ({format_gb(event.bytes)}{residue})"
+    if isinstance(event, ev.VramAllocationFailed):
+        return f"Loading {event.model} failed: {event.message or event.reason}"
+    if isinstance(event, ev.GameStarted):
+        extra = f" (Steam AppId {event.app_id})" if event.app_id else ""
+        return f"Game started: {event.name}{extra} [{event.source}]"
+    if isinstance(event, ev.GameEnded):
+        return f"Game ended: {event.name} [{event.source}]"
+    if isinstance(event, ev.GameWarning):
+        return f"{event.name} started while auto-pause for gaming is off: it may lack VRAM (Free now?)"
+    if isinstance(event, ev.GpuLost):
+        return f"GPU {event.gpu} lost: {event.message}"
+    if isinstance(event, ev.BackendProblem):
+        return f"GPU monitoring problem ({event.state}): {event.message}"
+    if isinstance(event, ev.HostDied):
+        return f"Residency host on GPU {event.gpu} died (exit {event.exit_code}); {', '.join(event.models)} evicted"
+    if isinstance(event, ev.SealVerificationFailed):
+        return f"{event.model} failed verification: damaged chunks {list(event.damaged_chunks)[:5]}"
+    if isinstance(event, ev.SealVerified):
+        return f"{event.model} verified ({event.seconds:.1f} s)"
+    if isinstance(event, ev.EngineError):
+        return f"Internal error in {event.where}: {event.message}"
+    return event.describe()

@@ -1,0 +1,125 @@
+"""A rate-limited walk of the process table, shared by the Steam and exclusive-app signal sources.
+
+A /proc walk costs far more than an NVML call (roughly 30-100 µs per process), so the table is read at most
+once every `interval_s` (Settings.process_check_interval_secs) on the injected clock, and command lines,
+the most expensive part, are read only for processes whose name asks for it (Steam's `reaper`).
+Processes that vanish or deny access mid-walk are skipped or reported with what could be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+_ATTRS = ["pid", "ppid", "name", "exe", "create_time"]
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int | None
+    name: str
+    exe: str | None  # None when unreadable (another user's process, a kernel thread)
+    create_time: float | None  # Unix time
+    cmdline: tuple[str, ...] | None = None  # read only for names in ProcessScanner.cmdline_names
+
+
+@dataclass(frozen=True)
+class ProcessTable:
+    """One scan's result. `generation` grows by one per scan, so sources can cache what they derive."""
+
+    processes: tuple[ProcessInfo, ...]
+    scanned_at: float  # on the injected clock
+    generation: int
+    duration_s: float  # how long the walk took (on the injected clock)
+
+    def children_of(self, pid: int) -> tuple[ProcessInfo, ...]:
+        return tuple(p for p in self.processes if p.ppid == pid)
+
+
+def read_process_table(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
+    """Walk the process table once (psutil, so it stays portable)."""
+    found: list[ProcessInfo] = []
+    for proc in psutil.process_iter(_ATTRS, ad_value=None):
+        info = proc.info
+        name = info.get("name") or ""
+        cmdline: tuple[str, ...] | None = None
+        if name.lower() in cmdline_names:
+            try:
+                cmdline = tuple(proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # it ended while we looked
+            except psutil.AccessDenied:
+                cmdline = None
+        found.append(
+            ProcessInfo(
+                pid=int(info["pid"]),
+                ppid=info.get("ppid"),
+                name=name,
+                exe=info.get("exe") or None,
+                create_time=info.get("create_time"),
+                cmdline=cmdline,
+            )
+        )
+    return found
+
+
+class ProcessScanner:
+    """The latest process table, rescanned when older than `interval_s`. Thread-safe: concurrent callers
+    share one walk instead of walking twice."""
+
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        clock: Callable[[], float],
+        cmdline_names: Iterable[str] = ("reaper",),
+        read: Callable[[frozenset[str]], Iterable[ProcessInfo]] = read_process_table,
+    ) -> None:
+        if interval_s < 0:
+            raise ValueError(f"process_check_interval_secs must be >= 0, got {interval_s!r}")
+        self.interval_s = interval_s
+        self.clock = clock
+        self.cmdline_names = frozenset(n.lower() for n in cmdline_names)
+        self._read = read
+        self._lock = threading.Lock()
+        self._table: ProcessTable | None = None
+
+    def table(self) -> ProcessTable:
+        """The current table; walks the process table first when the last walk is `interval_s` old."""
+        with self._lock:
+            now = self.clock()
+            if self._table is None or now - self._table.scanned_at >= self.interval_s:
+                self._table = self._scan(now)
+            return self._table
+
+    def refresh(self) -> ProcessTable:
+        """Walk now, whatever the interval (the engine calls it when it wants a fresh look)."""
+        with self._lock:
+            self._table = self._scan(self.clock())
+            return self._table
+
+    def want_cmdline(self, *names: str) -> None:
+        """Also read command lines of processes with these names (from the next walk on)."""
+        with self._lock:
+            self.cmdline_names = self.cmdline_names | {n.lower() for n in names}
+
+    def _scan(self, now: float) -> ProcessTable:
+        generation = self._table.generation + 1 if self._table else 1
+        try:
+            processes = tuple(self._read(self.cmdline_names))
+        except Exception:
+            logger.exception("reading the process table failed; game signals from it are paused")
+            processes = self._table.processes if self._table else ()
+        return ProcessTable(
+            processes=processes,
+            scanned_at=now,
+            generation=generation,
+            duration_s=max(0.0, self.clock() - now),
+        )

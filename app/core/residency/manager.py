@@ -1,0 +1,704 @@
+"""ResidencyManager: the built-in model holder ("builtin"). It admits loads through the ledger, drives one
+residency host per GPU over a pipe, and turns what the hosts report into events.
+
+Called from the engine's worker thread only (not thread-safe). `start_load` returns at once; `poll()` brings
+progress, completed seals and dead hosts; `evict`/`unload` are synchronous: when they return, the memory is
+freed, the host has ended if it held nothing else, and NVML (through `measure_ours`) has been asked whether
+anything of ours is left on that GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing.connection
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from app.core import errors
+from app.core import events as ev
+from app.core.errors import InsufficientVram, InvalidInput, VramError
+from app.core.events import AuditLog, Event
+from app.core.holders import ModelState, ModelStatus
+from app.core.residency.digest import Manifest, ManifestStore
+from app.core.residency.host import protocol as p
+from app.core.residency.host.process import HostHandle, HostLauncher
+from app.core.residency.seal import SealOptions, open_model_file
+
+if TYPE_CHECKING:
+    from app.core.config import ModelConfig, Settings
+    from app.core.gpu.backend import GpuBackend
+    from app.core.residency.ledger import Ledger
+
+logger = logging.getLogger(__name__)
+
+MeasureOurs = Callable[[int], int | None]  # gpu -> bytes NVML shows for our host pids there (None: unknown)
+
+
+class _Settings(Protocol):
+    @property
+    def models(self) -> Sequence[ModelConfig]: ...
+
+
+class _HostGone(Exception):
+    pass
+
+
+@dataclass
+class _Model:
+    config: ModelConfig
+    state: ModelState = ModelState.UNLOADED
+    size_bytes: int | None = None
+    manifest: Manifest | None = None
+    reservation_id: str | None = None
+    load_started_at: float | None = None
+    done_bytes: int | None = None
+    last_error: str | None = None
+    error: VramError | None = None
+    load_seconds: float | None = None
+    load_bytes_per_s: float | None = None
+    last_used_at: float | None = None
+    cancelling: bool = False
+
+    @property
+    def gpu(self) -> int:
+        return self.config.gpu
+
+
+@dataclass
+class _Host:
+    handle: HostHandle
+    models: set[str] = field(default_factory=set)  # loading or resident here
+    ready: bool = False
+
+
+class ResidencyManager:
+    """Implements the ModelHolder protocol (app/core/holders.py) for models sealed into our own hosts."""
+
+    name = "builtin"
+
+    def __init__(
+        self,
+        settings: Settings | _Settings,
+        ledgers: Mapping[int, Ledger],
+        launcher: HostLauncher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        event_sink: Callable[[Event], None] | None = None,
+        audit_log: AuditLog | None = None,
+        measure_ours: MeasureOurs | None = None,
+        manifest_dir: Path | None = None,
+        seal_options: SealOptions = SealOptions(),  # noqa: B008 - frozen dataclass
+        reply_timeout_s: float = 60.0,
+        confirm_timeout_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._models = {m.name: _Model(m) for m in settings.models}
+        self._ledgers = ledgers
+        self._launcher = launcher
+        self._clock = clock
+        self._sink = event_sink
+        self._audit = audit_log
+        self._measure = measure_ours
+        self._manifests = ManifestStore(manifest_dir)
+        self._options = seal_options
+        self._reply_timeout_s = reply_timeout_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._sleep = sleep
+        self._hosts: dict[int, _Host] = {}
+        self._departed: dict[int, set[int]] = {}  # gpu -> pids of ended hosts not yet confirmed gone in NVML
+        self._pending: list[Event] = []
+
+    # --- ModelHolder -----------------------------------------------------------------------------
+
+    def models(self) -> Sequence[ModelStatus]:
+        return [self._status(m) for m in self._models.values()]
+
+    def pids(self) -> set[int]:
+        pids = {h.handle.pid for h in self._hosts.values()}
+        for departed in self._departed.values():
+            pids |= departed
+        return pids
+
+    def start_load(self, model: str) -> None:
+        """Admit and start sealing `model`; returns at once. Raises the refusal (InsufficientVram,
+        ModelFileError, GpuUnavailable) after recording it in the model's last_error and in events."""
+        record = self._record(model)
+        if record.state in (ModelState.LOADING, ModelState.RESIDENT):
+            return
+        path = str(record.config.path)
+        gpu = record.gpu
+        try:
+            fd, size = open_model_file(path)  # a bad file allocates nothing and reserves nothing
+        except VramError as exc:
+            self._refused(record, exc, size_bytes=record.size_bytes or 0)
+            raise
+        os.close(fd)
+        record.size_bytes = size
+        host = self._hosts.get(gpu)
+        overhead = 0 if host is not None else self._launcher.context_overhead_bytes
+        try:
+            reservation = self._ledger(gpu).reserve(size + overhead, f"{self.name}:{model}")
+        except VramError as exc:
+            self._refused(record, exc, size_bytes=size)
+            raise
+        try:
+            if host is None:
+                host = _Host(self._launcher.launch(gpu))
+                self._hosts[gpu] = host
+            o = self._options
+            host.handle.conn.send(
+                p.SealRequest(
+                    model=model,
+                    path=path,
+                    chunk_size_bytes=o.chunk_size_bytes,
+                    segment_bytes=o.segment_bytes,
+                    staging_buffers=o.staging_buffers,
+                    reader_threads=o.reader_threads,
+                    hash_threads=o.hash_threads,
+                )
+            )
+        except (OSError, ValueError) as exc:
+            self._ledger(gpu).release(reservation.id)
+            error = errors.GpuUnavailable(reason=f"the residency host could not be started: {exc}", gpu=gpu)
+            self._refused(record, error, size_bytes=size)
+            raise error from exc
+        host.models.add(model)
+        record.state = ModelState.LOADING
+        record.reservation_id = reservation.id
+        record.load_started_at = self._clock()
+        record.done_bytes = 0
+        record.last_error = None
+        record.error = None
+        record.cancelling = False
+        logger.info("sealing %s (%d bytes) into GPU %d", model, size, gpu)
+
+    def poll(self) -> Sequence[Event]:
+        for gpu, host in list(self._hosts.items()):
+            try:
+                while host.handle.conn.poll(0):
+                    self._handle(host, host.handle.conn.recv())
+                if not host.handle.is_alive():
+                    raise _HostGone
+            except (_HostGone, EOFError, OSError):
+                if self._hosts.get(gpu) is host:
+                    self._host_died(host)
+        out, self._pending = self._pending, []
+        return out
+
+    def evict(self, models: Sequence[str], reason: str) -> Sequence[Event]:
+        return self._free(models, reason, ModelState.EVICTED)
+
+    def unload(self, model: str) -> Sequence[Event]:
+        return self._free([model], "user", ModelState.UNLOADED)
+
+    def close(self) -> None:
+        held = [n for n, r in self._models.items() if r.state in (ModelState.LOADING, ModelState.RESIDENT)]
+        self._free(held, "shutdown", ModelState.UNLOADED)
+        for host in list(self._hosts.values()):
+            self._shutdown_host(host)
+
+    # --- beyond the protocol -----------------------------------------------------------------------
+
+    def reload(self, model: str) -> Sequence[Event]:
+        """Seal again (freeing the resident copy first); the VramSealed event says if the file changed."""
+        events: list[Event] = []
+        if self._record(model).state == ModelState.RESIDENT:
+            events.extend(self._free([model], "reload", ModelState.EVICTED))
+        self.start_load(model)
+        return events
+
+    def load_blocking(
+        self,
+        model: str,
+        progress: Callable[[int, int], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> ev.VramSealed | None:
+        """Load and wait (CLI, tests). Returns the VramSealed event (None if already resident); raises the
+        load's error; on timeout cancels the load and raises TimeoutError."""
+        record = self._record(model)
+        if record.state == ModelState.RESIDENT:
+            return None
+        self.start_load(model)
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        sealed: ev.VramSealed | None = None
+        while True:
+            for event in self.poll():
+                if getattr(event, "model", None) != model:
+                    continue
+                if isinstance(event, ev.LoadProgress) and progress is not None:
+                    progress(event.done_bytes, event.total_bytes)
+                elif isinstance(event, ev.VramSealed):
+                    sealed = event
+            state = self._models[model].state  # (changed by poll)
+            if state == ModelState.RESIDENT and sealed is not None:
+                return sealed
+            if state != ModelState.LOADING:
+                raise record.error or VramError(record.last_error or f"loading {model} did not finish")
+            if deadline is not None and self._clock() >= deadline:
+                self._free([model], "timeout", ModelState.FAILED)
+                raise TimeoutError(f"loading {model} took longer than {timeout_s:g} s; cancelled")
+            host = self._hosts.get(record.gpu)
+            if host is not None:
+                multiprocessing.connection.wait([host.handle.conn], timeout=0.05)
+
+    def verify(self, model: str) -> ev.SealVerified:
+        """Rehash what is in VRAM against the seal's manifest. Raises errors.SealVerificationFailed naming the
+        damaged chunks (and emits the critical SealVerificationFailed event)."""
+        record = self._record(model)
+        host = self._hosts.get(record.gpu)
+        if record.state != ModelState.RESIDENT or host is None or record.manifest is None:
+            raise InvalidInput(f"{model} is not resident ({record.state}); load it first", field_name="model")
+        reply = self._request(host, p.VerifyRequest(model), model, p.Verified)
+        assert isinstance(reply, p.Verified)
+        manifest = record.manifest
+        damaged = manifest.damaged_chunks(reply.chunk_digests)
+        if damaged:
+            self._emit(
+                ev.SealVerificationFailed(
+                    at=self._clock(),
+                    wall_time=time.time(),
+                    model=model,
+                    gpu=record.gpu,
+                    damaged_chunks=tuple(damaged),
+                    chunk_size_bytes=manifest.chunk_size_bytes,
+                )
+            )
+            raise errors.SealVerificationFailed(
+                model=model,
+                gpu=record.gpu,
+                damaged_chunks=damaged,
+                chunk_size_bytes=manifest.chunk_size_bytes,
+            )
+        verified = ev.SealVerified(
+            at=self._clock(),
+            wall_time=time.time(),
+            model=model,
+            gpu=record.gpu,
+            digest=manifest.digest,
+            seconds=reply.seconds,
+        )
+        self._emit(verified)
+        return verified
+
+    def tamper_for_tests(self, model: str, offset: int, xor_mask: int = 0xFF) -> None:
+        """Tests only: flip bits of one byte of a resident model in VRAM (to prove verify catches it)."""
+        record = self._record(model)
+        host = self._hosts.get(record.gpu)
+        if record.state != ModelState.RESIDENT or host is None:
+            raise InvalidInput(f"{model} is not resident", field_name="model")
+        self._request(host, p.TamperRequest(model, offset, xor_mask), model, p.Tampered)
+
+    def manifest(self, model: str) -> Manifest | None:
+        """The manifest of the resident seal, or the last one known (also from an earlier run)."""
+        record = self._record(model)
+        return record.manifest or self._manifests.load(model)
+
+    def host_handle(self, gpu: int) -> HostHandle | None:
+        """The running host of `gpu` (tests kill it to prove death is noticed)."""
+        host = self._hosts.get(gpu)
+        return None if host is None else host.handle
+
+    # --- replies from hosts ------------------------------------------------------------------------
+
+    def _handle(self, host: _Host, reply: object) -> None:
+        if isinstance(reply, p.Ready):
+            host.ready = True
+        elif isinstance(reply, p.Progress):
+            record = self._models.get(reply.model)
+            if record is not None and record.state == ModelState.LOADING:
+                record.done_bytes = reply.done_bytes
+                self._emit(
+                    ev.LoadProgress(
+                        at=self._clock(),
+                        model=reply.model,
+                        gpu=record.gpu,
+                        done_bytes=reply.done_bytes,
+                        total_bytes=reply.total_bytes,
+                    )
+                )
+        elif isinstance(reply, p.Sealed):
+            self._sealed(host, reply)
+        elif isinstance(reply, p.Failed):
+            self._failed(host, reply)
+        else:
+            logger.debug("residency host gpu %d: unexpected %s", host.handle.gpu, type(reply).__name__)
+
+    def _sealed(self, host: _Host, reply: p.Sealed) -> None:
+        record = self._models.get(reply.model)
+        if record is None or record.state != ModelState.LOADING:
+            logger.warning("%s was sealed but is no longer loading; freeing it", reply.model)
+            host.handle.conn.send(p.FreeRequest(reply.model))
+            return
+        previous = self._manifests.load(reply.model)
+        same = None if previous is None else reply.manifest.same_content_as(previous)
+        changed = same is False
+        self._manifests.save(reply.model, reply.manifest, source=str(record.config.path))
+        if record.reservation_id is not None:
+            self._ledger(record.gpu).mark_allocated(record.reservation_id)
+            record.reservation_id = None
+        now = self._clock()
+        seconds = max(reply.seconds, 1e-9)
+        size = reply.manifest.total_bytes
+        record.state = ModelState.RESIDENT
+        record.manifest = reply.manifest
+        record.size_bytes = size
+        record.done_bytes = None
+        record.load_seconds = reply.seconds
+        record.load_bytes_per_s = size / seconds
+        record.last_used_at = now
+        wall = time.time()
+        self._emit(ev.VramAllocated(at=now, wall_time=wall, model=reply.model, gpu=record.gpu, bytes=size))
+        self._emit(
+            ev.VramSealed(
+                at=now,
+                wall_time=wall,
+                model=reply.model,
+                gpu=record.gpu,
+                bytes=size,
+                digest=reply.manifest.digest,
+                seconds=reply.seconds,
+                bytes_per_s=size / seconds,
+                file_changed=changed,
+            )
+        )
+        logger.info(
+            "sealed %s: %d bytes in %.2f s (file changed: %s)", reply.model, size, reply.seconds, changed
+        )
+
+    def _failed(self, host: _Host, reply: p.Failed) -> None:
+        if reply.request == "startup":
+            error = reply.error()
+            for name in list(host.models):
+                loading = self._models[name]
+                self._release(loading)
+                self._load_failed(loading, error)
+            host.models.clear()
+            self._forget_host(host)
+            return
+        record = self._models.get(reply.model)
+        if reply.request != "SealRequest" or record is None:
+            logger.warning("residency host gpu %d: %s", host.handle.gpu, reply.message)
+            return
+        self._release(record)
+        host.models.discard(reply.model)
+        if reply.code == "seal_cancelled" or record.cancelling:
+            return  # the evict that cancelled it reports it
+        self._load_failed(record, reply.error())
+        if not host.models:
+            self._shutdown_host(host)
+
+    def _load_failed(self, record: _Model, error: VramError) -> None:
+        record.state = ModelState.FAILED
+        record.done_bytes = None
+        record.last_error = error.message
+        record.error = error
+        if error.code == errors.CudaAllocationFailed.code:
+            count = getattr(self._ledger(record.gpu), "count_failure", None)
+            if count is not None:
+                count(error.code)
+        self._emit(
+            ev.VramAllocationFailed(
+                at=self._clock(),
+                wall_time=time.time(),
+                model=record.config.name,
+                gpu=record.gpu,
+                bytes=record.size_bytes or 0,
+                reason=error.code,
+                message=error.message,
+            )
+        )
+        logger.warning("loading %s failed: %s", record.config.name, error.message)
+
+    def _refused(self, record: _Model, error: VramError, *, size_bytes: int) -> None:
+        if record.state != ModelState.EVICTED:  # an evicted model stays due for restore
+            record.state = ModelState.FAILED
+        record.last_error = error.message
+        record.error = error
+        now, wall = self._clock(), time.time()
+        name, gpu = record.config.name, record.gpu
+        self._emit(
+            ev.VramAllocationFailed(
+                at=now,
+                wall_time=wall,
+                model=name,
+                gpu=gpu,
+                bytes=size_bytes,
+                reason=error.code,
+                message=error.message,
+            )
+        )
+        if isinstance(error, InsufficientVram):
+            self._emit(
+                ev.LoadRefused(
+                    at=now,
+                    wall_time=wall,
+                    model=name,
+                    gpu=gpu,
+                    reason=error.code,
+                    need_bytes=error.needed_bytes,
+                    available_bytes=error.available_bytes,
+                )
+            )
+
+    def _host_died(self, host: _Host) -> None:
+        handle = host.handle
+        if handle.is_alive():
+            handle.kill()
+        else:
+            handle.join(1.0)
+        exit_code = handle.exit_code()
+        names = tuple(sorted(host.models))
+        now, wall = self._clock(), time.time()
+        logger.error(
+            "residency host pid %d (GPU %d) died (exit code %s) holding %s",
+            handle.pid,
+            handle.gpu,
+            exit_code,
+            ", ".join(names) or "nothing",
+        )
+        self._emit(
+            ev.HostDied(
+                at=now, wall_time=wall, gpu=handle.gpu, pid=handle.pid, exit_code=exit_code, models=names
+            )
+        )
+        self._forget_host(host)
+        residue = self._confirm(handle.gpu)
+        for name in names:
+            record = self._models[name]
+            freed = record.size_bytes or 0 if record.state == ModelState.RESIDENT else 0
+            self._release(record)
+            record.state = ModelState.EVICTED
+            record.done_bytes = None
+            record.last_error = f"the residency host died (exit code {exit_code})"
+            record.error = errors.GpuUnavailable(reason=record.last_error, gpu=handle.gpu)
+            self._emit(
+                ev.VramDeallocated(
+                    at=now,
+                    wall_time=wall,
+                    model=name,
+                    gpu=handle.gpu,
+                    bytes=freed,
+                    reason="host_died",
+                    residue_bytes=residue,
+                )
+            )
+        host.models.clear()
+
+    # --- freeing ----------------------------------------------------------------------------------
+
+    def _free(self, models: Sequence[str], reason: str, new_state: ModelState) -> list[Event]:
+        start = len(self._pending)
+        by_gpu: dict[int, list[_Model]] = {}
+        for name in models:
+            record = self._record(name)
+            if record.state in (ModelState.LOADING, ModelState.RESIDENT):
+                by_gpu.setdefault(record.gpu, []).append(record)
+            elif new_state == ModelState.UNLOADED and record.state == ModelState.EVICTED:
+                record.state = ModelState.UNLOADED  # the user's unload: do not restore it later
+        for gpu, records in by_gpu.items():
+            freed: list[tuple[_Model, int]] = []
+            host = self._hosts.get(gpu)
+            for record in records:
+                nbytes = 0
+                if host is not None and self._hosts.get(gpu) is host:
+                    record.cancelling = record.state == ModelState.LOADING
+                    try:
+                        reply = self._request(
+                            host, p.FreeRequest(record.config.name), record.config.name, p.Freed
+                        )
+                        assert isinstance(reply, p.Freed)
+                        nbytes = reply.nbytes
+                    except VramError as exc:
+                        logger.warning("freeing %s: %s", record.config.name, exc)
+                    host.models.discard(record.config.name)
+                if record.state == ModelState.EVICTED:  # the host died meanwhile: already reported
+                    record.state = new_state
+                    continue
+                self._release(record)
+                record.state = new_state
+                record.done_bytes = None
+                record.cancelling = False
+                freed.append((record, nbytes))
+            ended = host is not None and not host.models and self._hosts.get(gpu) is host
+            if ended and host is not None:
+                self._shutdown_host(host)
+            residue = self._confirm(gpu)
+            now, wall = self._clock(), time.time()
+            for record, nbytes in freed:
+                self._emit(
+                    ev.VramDeallocated(
+                        at=now,
+                        wall_time=wall,
+                        model=record.config.name,
+                        gpu=gpu,
+                        bytes=nbytes,
+                        reason=reason,
+                        residue_bytes=residue,
+                    )
+                )
+        out = self._pending[start:]
+        del self._pending[start:]
+        return out
+
+    def _shutdown_host(self, host: _Host) -> None:
+        handle = host.handle
+        try:
+            handle.conn.send(p.ShutdownRequest())
+            deadline = self._clock() + self._reply_timeout_s
+            while self._clock() < deadline:
+                if not handle.conn.poll(0.05):
+                    if not handle.is_alive():
+                        break
+                    continue
+                reply = handle.conn.recv()
+                if isinstance(reply, p.Bye):
+                    break
+                self._handle(host, reply)
+        except (EOFError, OSError):
+            pass
+        if not handle.join(5.0):
+            logger.warning("residency host pid %d did not exit; killing it", handle.pid)
+            handle.kill()
+        self._forget_host(host)
+
+    def _forget_host(self, host: _Host) -> None:
+        handle = host.handle
+        if self._hosts.get(handle.gpu) is host:
+            del self._hosts[handle.gpu]
+            self._departed.setdefault(handle.gpu, set()).add(handle.pid)
+        with contextlib.suppress(OSError):
+            handle.conn.close()
+
+    def _confirm(self, gpu: int) -> int | None:
+        """Bytes NVML still shows for our processes on `gpu` after a free, waiting up to confirm_timeout_s
+        for the host to disappear; None when it cannot be measured or a host still holds other models."""
+        if self._measure is None or gpu in self._hosts:
+            return None
+        deadline = self._clock() + self._confirm_timeout_s
+        while True:
+            measured = self._measure(gpu)
+            if measured is None:
+                return None
+            if measured <= 0 or self._clock() >= deadline:
+                break
+            self._sleep(0.01)
+        if measured <= 0:
+            self._departed.pop(gpu, None)
+        else:
+            logger.warning("GPU %d: %d bytes still held by our processes after the free", gpu, measured)
+        return measured
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _request(self, host: _Host, request: p.Request, model: str, want: type[Any]) -> object:
+        """Send `request` and wait for its reply (handling other replies meanwhile). Raises the host's error,
+        or GpuUnavailable when the host dies or does not answer in time."""
+        handle = host.handle
+        try:
+            handle.conn.send(request)
+            deadline = self._clock() + self._reply_timeout_s
+            while True:
+                if handle.conn.poll(0.05):
+                    reply = handle.conn.recv()
+                    if isinstance(reply, want) and getattr(reply, "model", None) == model:
+                        return reply
+                    if (
+                        isinstance(reply, p.Failed)
+                        and reply.model == model
+                        and reply.request == type(request).__name__
+                    ):
+                        raise reply.error()
+                    self._handle(host, reply)
+                    if self._hosts.get(handle.gpu) is not host:
+                        raise _HostGone
+                elif not handle.is_alive():
+                    raise _HostGone
+                elif self._clock() >= deadline:
+                    raise errors.GpuUnavailable(
+                        reason=f"the residency host did not answer {type(request).__name__} in "
+                        f"{self._reply_timeout_s:g} s",
+                        gpu=handle.gpu,
+                    )
+        except (_HostGone, EOFError, OSError):
+            if self._hosts.get(handle.gpu) is host:
+                self._host_died(host)
+            raise errors.GpuUnavailable(reason="the residency host died", gpu=handle.gpu) from None
+
+    def _release(self, record: _Model) -> None:
+        if record.reservation_id is not None:
+            self._ledger(record.gpu).release(record.reservation_id)
+            record.reservation_id = None
+
+    def _ledger(self, gpu: int) -> Ledger:
+        for_gpu = getattr(self._ledgers, "for_gpu", None)
+        if for_gpu is not None:
+            ledger: Ledger = for_gpu(gpu)
+            return ledger
+        try:
+            return self._ledgers[gpu]
+        except KeyError:
+            raise errors.GpuUnavailable(reason="no admission ledger for it (not watched)", gpu=gpu) from None
+
+    def _record(self, model: str) -> _Model:
+        try:
+            return self._models[model]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none configured"
+            raise InvalidInput(
+                f"unknown model {model!r} (known: {known})", field_name="model", value=model
+            ) from None
+
+    def _emit(self, event: Event) -> None:
+        self._pending.append(event)
+        if self._audit is not None and not isinstance(event, ev.LoadProgress):
+            self._audit.write(event)
+        if self._sink is not None:
+            try:
+                self._sink(event)
+            except Exception:
+                logger.exception("the event sink failed on %s", event.kind)
+
+    def _status(self, record: _Model) -> ModelStatus:
+        loading = record.state == ModelState.LOADING
+        return ModelStatus(
+            name=record.config.name,
+            gpu=record.gpu,
+            size_bytes=record.size_bytes,
+            state=record.state,
+            holder=self.name,
+            digest=record.manifest.digest
+            if record.manifest and record.state == ModelState.RESIDENT
+            else None,
+            priority=record.config.priority,
+            last_used_at=record.last_used_at,
+            load_seconds=record.load_seconds,
+            load_bytes_per_s=record.load_bytes_per_s,
+            progress_done_bytes=record.done_bytes if loading else None,
+            progress_total_bytes=record.size_bytes if loading else None,
+            last_error=record.last_error,
+        )
+
+
+def measure_from_backend(backend: GpuBackend, pids: Callable[[], set[int]]) -> MeasureOurs:
+    """A `measure_ours` that takes a fresh sample and sums what our pids use on the GPU (None when NVML
+    cannot say per-process usage, e.g. under Windows WDDM)."""
+
+    def measure(gpu: int) -> int | None:
+        snapshot = backend.sample().gpu(gpu)
+        if snapshot is None:
+            return None
+        ours = pids()
+        total = 0
+        for process in snapshot.processes:
+            if process.pid in ours:
+                if process.used_bytes is None:
+                    return None
+                total += process.used_bytes
+        return total
+
+    return measure

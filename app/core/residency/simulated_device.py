@@ -1,0 +1,106 @@
+"""SimulatedDevice: a GPU made of host memory, for tests, demos and `--simulate`.
+
+Blocks are bytearrays; copies happen at once. When given a SimulatedBackend, every block is also accounted on
+the simulated GPU under the host's pid (`allocate`/`free`), so telemetry, the ledger and the policy see the
+model bytes exactly as NVML would show a real host's allocations, and a full simulated GPU fails the
+allocation as CUDA would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.core.residency.seal import DeviceOutOfMemory
+
+logger = logging.getLogger(__name__)
+
+HOST_PROCESS_NAME = "vram-steward-host"
+
+
+class SimulatedGpuMemory(Protocol):
+    """The part of SimulatedBackend (app/core/gpu/simulated.py) that accounts allocations."""
+
+    def allocate(self, gpu: int, pid: int, name: str, nbytes: int) -> None: ...
+
+    def free(self, gpu: int, pid: int, nbytes: int | None = None) -> None: ...
+
+
+class SimulatedDevice:
+    """Device memory in host bytearrays; see the module docstring."""
+
+    def __init__(self, gpu: int, *, backend: SimulatedGpuMemory | None = None, pid: int = 0) -> None:
+        self.gpu = gpu
+        self.pid = pid
+        self._backend = backend
+        self._blocks: dict[int, bytearray] = {}
+        self._next_block = 1
+        self._staging: list[bytearray] = []
+        self.allocated_bytes = 0
+
+    def allocate(self, nbytes: int) -> int:
+        if self._backend is not None:
+            try:
+                self._backend.allocate(self.gpu, self.pid, HOST_PROCESS_NAME, nbytes)
+            except Exception as exc:  # SimulatedOutOfMemory (kept duck-typed: no import of the backend here)
+                if type(exc).__name__ == "SimulatedOutOfMemory" or isinstance(exc, MemoryError):
+                    raise DeviceOutOfMemory(str(exc)) from None
+                raise
+        try:
+            block = bytearray(nbytes)
+        except MemoryError as exc:
+            if self._backend is not None:
+                self._backend.free(self.gpu, self.pid, nbytes)
+            raise DeviceOutOfMemory(f"host memory: {exc}") from None
+        block_id = self._next_block
+        self._next_block += 1
+        self._blocks[block_id] = block
+        self.allocated_bytes += nbytes
+        return block_id
+
+    def free(self, block: int) -> None:
+        data = self._blocks.pop(block)
+        self.allocated_bytes -= len(data)
+        if self._backend is not None:
+            self._backend.free(self.gpu, self.pid, len(data))
+
+    def open_staging(self, count: int, nbytes: int) -> list[memoryview]:
+        self._staging = [bytearray(nbytes) for _ in range(count)]
+        return [memoryview(b) for b in self._staging]
+
+    def close_staging(self) -> None:
+        self._staging = []
+
+    def copy_to_device(self, block: int, offset: int, buffer: int, nbytes: int) -> None:
+        self._blocks[block][offset : offset + nbytes] = memoryview(self._staging[buffer])[:nbytes]
+
+    def copy_to_host(self, block: int, offset: int, buffer: int, nbytes: int) -> None:
+        memoryview(self._staging[buffer])[:nbytes] = memoryview(self._blocks[block])[offset : offset + nbytes]
+
+    def wait_buffer(self, buffer: int) -> None:
+        return None  # copies are synchronous here
+
+    def write_byte(self, block: int, offset: int, value: int) -> None:
+        self._blocks[block][offset] = value
+
+    def read_byte(self, block: int, offset: int) -> int:
+        return self._blocks[block][offset]
+
+    def close(self) -> None:
+        for block in list(self._blocks):
+            self.free(block)
+        self._staging = []
+
+
+@dataclass(frozen=True)
+class HostMemoryDeviceFactory:
+    """A picklable factory for a spawned host process with host-memory "VRAM" (no GPU, no backend): proves
+    that the real spawn path works on machines without a GPU."""
+
+    gpu: int = 0
+
+    def __call__(self) -> SimulatedDevice:
+        import os
+
+        return SimulatedDevice(self.gpu, pid=os.getpid())

@@ -1,0 +1,486 @@
+"""The engine: one tick = sample → classify → decide → act → publish.
+
+One worker thread owns a `Steward` (a QThread in the GUI, a plain thread in the daemon). Nothing else touches
+its state: other threads call `submit()` (thread-safe) and read `snapshot` (an immutable record swapped
+atomically), or subscribe to events and snapshots (callbacks run on the worker thread: hand them over to your
+own thread, as the Qt worker does with queued signals).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core import events as ev
+from app.core.config import Settings
+from app.core.errors import VramError
+from app.core.events import AuditLog, Event
+from app.core.gpu.backend import GpuBackend
+from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
+from app.core.holders import ModelHolder, ModelState, ModelStatus
+from app.core.policy.classify import Classification, ProcessClassifier
+from app.core.policy.contention import (
+    Command,
+    ContentionPolicy,
+    Decision,
+    EngineState,
+    Evict,
+    PolicyInputs,
+    RefuseLoads,
+    Reload,
+    WarnGame,
+)
+from app.core.policy.signals import GameSignal, GameSignalSource
+from app.core.residency.ledger import Ledgers
+
+logger = logging.getLogger(__name__)
+
+RECENT_EVENTS = 100
+
+
+@dataclass(frozen=True)
+class StewardSnapshot:
+    """What the UI, the API and the CLI show. Immutable; a new one after every tick."""
+
+    telemetry: TelemetrySnapshot
+    state: str
+    reasons: tuple[str, ...]
+    models: tuple[ModelStatus, ...]
+    games: tuple[GameSignal, ...]
+    recent_events: tuple[Event, ...]
+    roles: dict[tuple[int, int], str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    paused: bool = False
+    resume_at: float | None = None
+    next_poll_s: float = 1.0
+    tick: int = 0
+
+    def to_status(self, settings: Settings | None = None) -> dict[str, Any]:
+        """The `status --json` document (docs/status-json.md)."""
+        from app.core.status import build_status
+
+        extra: dict[str, Any] = {
+            "reasons": list(self.reasons),
+            "paused": self.paused,
+            "resume_at": self.resume_at,
+            "notes": list(self.notes),
+            "games": [
+                {"name": g.name, "source": g.source, "pid": g.pid, "app_id": g.app_id} for g in self.games
+            ],
+        }
+        return build_status(
+            self.telemetry,
+            settings=settings,
+            models=self.models,
+            events=self.recent_events,
+            roles=self.roles,
+            state=self.state,
+            extra=extra,
+        )
+
+
+@dataclass
+class _Request:
+    command: Command
+    future: concurrent.futures.Future[Any] | None = None
+
+
+class Steward:
+    """The engine. Call `tick()` from one thread only; everything else goes through `submit()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: GpuBackend,
+        holders: Sequence[ModelHolder],
+        *,
+        signals: GameSignalSource | None = None,
+        ledgers: Ledgers | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
+        autoload: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.holders = list(holders)
+        self.signals = signals
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.audit = audit
+        self.ledgers = ledgers if ledgers is not None else Ledgers(settings.headroom_bytes, clock=clock)
+        self.classifier = ProcessClassifier(settings, clock=clock)
+        self.policy = ContentionPolicy(settings, clock=clock)
+        self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
+        self._listeners: list[Callable[[Event], None]] = []
+        self._snapshot_listeners: list[Callable[[StewardSnapshot], None]] = []
+        self._lock = threading.Lock()
+        self._tick = 0
+        self._closed = False
+        self._snapshot: StewardSnapshot | None = None
+        self._last_decision: Decision | None = None
+        if autoload:  # keep the user's models resident: load every configured model at start
+            for model in self._models():
+                self.submit(Command(kind="load", model=model.name))
+
+    # --- other threads -------------------------------------------------------------------------
+
+    def submit(self, command: Command) -> concurrent.futures.Future[Any]:
+        """Queue a command for the next tick. The future completes after the tick that handled it."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._requests.put(_Request(command, future))
+        return future
+
+    @property
+    def snapshot(self) -> StewardSnapshot | None:
+        return self._snapshot
+
+    def subscribe(self, on_event: Callable[[Event], None]) -> None:
+        with self._lock:
+            self._listeners.append(on_event)
+
+    def subscribe_snapshots(self, on_snapshot: Callable[[StewardSnapshot], None]) -> None:
+        with self._lock:
+            self._snapshot_listeners.append(on_snapshot)
+
+    # --- the worker thread ---------------------------------------------------------------------
+
+    def update_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy.update_settings(settings)
+
+    def tick(self) -> StewardSnapshot:
+        """One sample → classify → decide → act → publish cycle."""
+        self._tick += 1
+        now = self.clock()
+        telemetry = self.backend.sample()
+        self._note_backend(telemetry)
+
+        holder_pids = self._holder_pids()
+        live_pids = {p.pid for g in telemetry.gpus for p in g.processes} | holder_pids
+        self.ledgers.observe_snapshot(telemetry, live_pids)
+
+        for holder in self.holders:
+            for event in holder.poll():
+                self._emit(event)
+
+        games = self.signals.active() if self.signals else ()
+        models = self._models()
+        classification = self.classifier.classify(
+            telemetry,
+            self_pids=holder_pids | self._own_pids(),
+            managed_pids=set(),
+            games=games,
+            our_expected_bytes=self._expected_bytes(models),
+        )
+        requests = self._drain()
+        commands = tuple(r.command for r in requests)
+        decision = self.policy.decide(
+            PolicyInputs(
+                snapshot=telemetry,
+                classification=classification,
+                games=tuple(games),
+                models=tuple(models),
+                commands=commands,
+            )
+        )
+        self._note_games(games)
+        self._act(decision, telemetry, requests)
+        self._last_decision = decision
+
+        snapshot = StewardSnapshot(
+            telemetry=telemetry,
+            state=str(decision.state),
+            reasons=tuple(decision.reasons),
+            models=tuple(self._models()),
+            games=tuple(games),
+            recent_events=tuple(self._recent),
+            roles={key: str(role) for key, role in classification.roles.items()},
+            notes=tuple(classification.notes),
+            paused=decision.state == EngineState.PAUSED,
+            resume_at=decision.resume_at,
+            next_poll_s=decision.next_poll_s,
+            tick=self._tick,
+        )
+        self._snapshot = snapshot
+        for request in requests:
+            if request.future is not None and not request.future.done():
+                request.future.set_result(snapshot)
+        for listener in list(self._snapshot_listeners):
+            self._safe_call(listener, snapshot)
+        logger.debug("tick %d at %.3f: %s", self._tick, now, decision.state)
+        return snapshot
+
+    def run(self, stop: threading.Event, *, sleep: Callable[[float], Any] | None = None) -> None:
+        """Tick until `stop` is set, at the pace the policy asks for; then shut down in order."""
+        wait = sleep or stop.wait
+        try:
+            while not stop.is_set():
+                try:
+                    snapshot = self.tick()
+                    interval = snapshot.next_poll_s
+                except Exception as exc:  # the worker never dies of one bad tick
+                    logger.exception("tick failed")
+                    self._emit(ev.EngineError(at=self.clock(), where="tick", message=str(exc)))
+                    interval = 1.0
+                if self._requests.empty():
+                    wait(interval)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Ordered: release all VRAM (holders close), stop signal watchers, close the backend."""
+        if self._closed:
+            return
+        self._closed = True
+        for holder in self.holders:
+            try:
+                holder.close()
+            except Exception:
+                logger.exception("closing holder %s failed", holder.name)
+        if self.signals is not None:
+            try:
+                self.signals.close()
+            except Exception:
+                logger.exception("closing game signals failed")
+        self.backend.close()
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if request.future is not None and not request.future.done():
+                request.future.cancel()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _drain(self) -> list[_Request]:
+        requests: list[_Request] = []
+        while True:
+            try:
+                requests.append(self._requests.get_nowait())
+            except queue.Empty:
+                return requests
+
+    def _models(self) -> list[ModelStatus]:
+        out: list[ModelStatus] = []
+        for holder in self.holders:
+            out.extend(holder.models())
+        return out
+
+    def _holder_for(self, model: str) -> ModelHolder | None:
+        for holder in self.holders:
+            if any(m.name == model for m in holder.models()):
+                return holder
+        return None
+
+    def _holder_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for holder in self.holders:
+            pids |= holder.pids()
+        return pids
+
+    @staticmethod
+    def _own_pids() -> set[int]:
+        import os
+
+        return {os.getpid()}
+
+    @staticmethod
+    def _expected_bytes(models: Sequence[ModelStatus]) -> dict[int, int]:
+        expected: dict[int, int] = {}
+        for m in models:
+            if m.state == ModelState.RESIDENT and m.size_bytes:
+                expected[m.gpu] = expected.get(m.gpu, 0) + m.size_bytes
+        return expected
+
+    def _act(self, decision: Decision, telemetry: TelemetrySnapshot, requests: list[_Request]) -> None:
+        refused: dict[int, str] = {}
+        for action in decision.actions:
+            try:
+                if isinstance(action, Evict):
+                    self._evict(action, telemetry)
+                elif isinstance(action, Reload):
+                    self._reload(action)
+                elif isinstance(action, RefuseLoads):
+                    refused[action.gpu] = action.reason
+                elif isinstance(action, WarnGame):
+                    self._emit(ev.GameWarning(at=self.clock(), gpu=action.gpu, name=action.game.name))
+            except Exception as exc:
+                logger.exception("action %s failed", action)
+                self._emit(ev.EngineError(at=self.clock(), where=type(action).__name__, message=str(exc)))
+        blocked = decision.state in (
+            EngineState.PAUSED,
+            EngineState.EVICTED_FOR_GAME,
+            EngineState.THERMAL,
+            EngineState.NO_GPU,
+        )
+        for request in requests:
+            command = request.command
+            if command.kind == "load" and command.model:
+                self._load(command.model, refused, blocked, decision, request)
+            elif command.kind == "unload" and command.model:
+                holder = self._holder_for(command.model)
+                if holder is None:
+                    self._fail(request, f"unknown model {command.model!r}")
+                    continue
+                for event in holder.unload(command.model):
+                    self._emit(event)
+
+    def _load(
+        self,
+        model: str,
+        refused: dict[int, str],
+        blocked: bool,
+        decision: Decision,
+        request: _Request,
+    ) -> None:
+        holder = self._holder_for(model)
+        status = next((m for m in self._models() if m.name == model), None)
+        if holder is None or status is None:
+            self._fail(request, f"unknown model {model!r}")
+            return
+        if status.state in (ModelState.RESIDENT, ModelState.LOADING):
+            return
+        reason = refused.get(status.gpu) or (str(decision.state) if blocked else None)
+        if reason:
+            self._emit(ev.LoadRefused(at=self.clock(), model=model, gpu=status.gpu, reason=reason))
+            return
+        try:
+            holder.start_load(model)
+        except VramError as exc:
+            need = exc.details.get("need_bytes") or getattr(exc, "needed_bytes", None)
+            available = getattr(exc, "available_bytes", None)
+            self._emit(
+                ev.LoadRefused(
+                    at=self.clock(),
+                    model=model,
+                    gpu=status.gpu,
+                    reason=exc.code,
+                    need_bytes=need,
+                    available_bytes=available,
+                )
+            )
+            if request.future is not None and not request.future.done():
+                request.future.set_exception(exc)
+
+    def _fail(self, request: _Request, message: str) -> None:
+        from app.core.errors import InvalidInput
+
+        if request.future is not None and not request.future.done():
+            request.future.set_exception(InvalidInput(message))
+
+    def _evict(self, action: Evict, before: TelemetrySnapshot) -> None:
+        by_holder: dict[int, tuple[ModelHolder, list[str]]] = {}
+        for name in action.models:
+            holder = self._holder_for(name)
+            if holder is not None:
+                by_holder.setdefault(id(holder), (holder, []))[1].append(name)
+        for holder, names in by_holder.values():
+            for event in holder.evict(names, action.reason):
+                self._emit(event)
+        freed = self._measure_freed(action.gpu, before)
+        self._emit(
+            ev.ModelsEvicted(
+                at=self.clock(),
+                gpu=action.gpu,
+                models=tuple(action.models),
+                reason=action.reason,
+                trigger=action.trigger,
+                freed_bytes=freed,
+            )
+        )
+
+    def _measure_freed(self, gpu: int, before: TelemetrySnapshot) -> int | None:
+        """Bytes that came back on `gpu`, as NVML sees it: free after minus free before."""
+        prior = before.gpu(gpu)
+        if prior is None or prior.state != GpuState.OK:
+            return None
+        after = self.backend.sample().gpu(gpu)
+        if after is None or after.state != GpuState.OK:
+            return None
+        return max(after.free_bytes - prior.free_bytes, 0)
+
+    def _reload(self, action: Reload) -> None:
+        started: list[str] = []
+        for name in action.models:
+            holder = self._holder_for(name)
+            if holder is None:
+                continue
+            try:
+                holder.start_load(name)
+                started.append(name)
+            except VramError as exc:
+                self._emit(ev.LoadRefused(at=self.clock(), model=name, gpu=action.gpu, reason=exc.code))
+        if started:
+            self._emit(ev.Resumed(at=self.clock(), gpu=action.gpu, models=tuple(started), after_s=0.0))
+
+    _games_seen: dict[tuple[str, int | None], GameSignal]
+    _backend_state: BackendState | None = None
+    _lost: set[int]
+
+    def _note_games(self, games: Sequence[GameSignal]) -> None:
+        seen = getattr(self, "_games_seen", {})
+        now = {(g.source, g.pid): g for g in games}
+        for key, game in now.items():
+            if key not in seen:
+                self._emit(
+                    ev.GameStarted(
+                        at=self.clock(), name=game.name, source=game.source, pid=game.pid, app_id=game.app_id
+                    )
+                )
+        for key, game in seen.items():
+            if key not in now:
+                self._emit(
+                    ev.GameEnded(
+                        at=self.clock(), name=game.name, source=game.source, pid=game.pid, app_id=game.app_id
+                    )
+                )
+        self._games_seen = now
+
+    def _note_backend(self, telemetry: TelemetrySnapshot) -> None:
+        if telemetry.state != self._backend_state:
+            if telemetry.state not in (BackendState.OK, BackendState.SIMULATED):
+                self._emit(
+                    ev.BackendProblem(
+                        at=self.clock(), state=str(telemetry.state), message=telemetry.message or ""
+                    )
+                )
+            self._backend_state = telemetry.state
+        lost = {g.index for g in telemetry.gpus if g.state == GpuState.LOST}
+        for index in lost - getattr(self, "_lost", set()):
+            gpu = telemetry.gpu(index)
+            message = (gpu.message if gpu else None) or "GPU fell off the bus"
+            self._emit(ev.GpuLost(at=self.clock(), gpu=index, message=message))
+        self._lost = lost
+
+    def _emit(self, event: Event) -> None:
+        if event.wall_time is None:
+            import dataclasses
+
+            event = dataclasses.replace(event, wall_time=self.wall_clock())
+        self._recent.append(event)
+        if self.audit is not None:
+            self.audit.write(event)
+        logger.info("%s", event.describe())
+        for listener in list(self._listeners):
+            self._safe_call(listener, event)
+
+    @staticmethod
+    def _safe_call(fn: Callable[[Any], None], arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception:
+            logger.exception("listener %r failed", fn)
+
+
+def describe_classification(classification: Classification) -> str:
+    return ", ".join(f"gpu{g}/pid{p}={r}" for (g, p), r in sorted(classification.roles.items()))

@@ -1,0 +1,180 @@
+"""Builds a running engine from settings: backend, holders, game signals, ledgers, the asyncio thread and the
+API. The daemon, the tray app and `replay` all start here, so they drive the same `Steward`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.core import paths
+from app.core.config import Settings
+from app.core.events import AuditLog
+from app.core.gpu.backend import GpuBackend, open_backend
+from app.core.holders import ModelHolder
+from app.core.policy.signals import GameSignal, GameSignalSource
+from app.core.residency.ledger import Ledgers
+from app.core.steward import Steward
+
+logger = logging.getLogger(__name__)
+
+
+class ScenarioSignals:
+    """Game signals scripted by a simulation scenario, shaped like the real watchers' output."""
+
+    def __init__(self, backend: object, clock: Callable[[], float]) -> None:
+        self._backend = backend
+        self._clock = clock
+
+    def active(self) -> tuple[GameSignal, ...]:
+        signals = getattr(self._backend, "active_game_signals", None)
+        if signals is None:
+            return ()
+        out = []
+        for s in signals():
+            out.append(
+                GameSignal(
+                    name=s.name,
+                    source=s.source,
+                    pid=s.pid,
+                    app_id=s.app_id,
+                    exe=None,
+                    started_at=getattr(s, "started_at", 0.0),
+                )
+            )
+        return tuple(out)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Runtime:
+    """Everything a running instance owns, torn down in order by `stop()`."""
+
+    settings: Settings
+    steward: Steward
+    backend: GpuBackend
+    simulated: bool
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    worker: threading.Thread | None = None
+    aio: object | None = None
+    api: object | None = None
+
+    def start_worker(self) -> None:
+        self.worker = threading.Thread(target=self.steward.run, args=(self.stop_event,), name="steward", daemon=True)
+        self.worker.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ordered shutdown: stop ticking (the worker then releases all VRAM), stop the API, the loop."""
+        self.stop_event.set()
+        if self.worker is not None:
+            self.worker.join(timeout_s)
+        else:
+            self.steward.shutdown()
+        if self.api is not None and self.aio is not None:
+            try:
+                self.aio.run(self.api.stop(), timeout_s=5.0)  # type: ignore[attr-defined]
+            except Exception:
+                logger.exception("stopping the API failed")
+        if self.aio is not None:
+            self.aio.stop(timeout_s=5.0)  # type: ignore[attr-defined]
+
+
+def make_signals(settings: Settings, backend: GpuBackend, clock: Callable[[], float], aio: object | None) -> GameSignalSource:
+    """The game signals that can run here: scenario signals in simulation; GameMode, Steam and the
+    exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
+    if backend.name == "simulated":
+        return ScenarioSignals(backend, clock)
+    sources: list[GameSignalSource] = []
+    try:
+        from app.core.policy.steam import SteamGames
+
+        sources.append(SteamGames(interval_s=settings.process_check_interval_secs))  # type: ignore[call-arg]
+    except Exception:
+        logger.exception("the Steam game watcher could not start")
+    try:
+        from app.core.policy.exclusive_apps import ExclusiveApps
+
+        if settings.exclusive_apps:
+            sources.append(ExclusiveApps(settings.exclusive_apps, interval_s=settings.process_check_interval_secs))  # type: ignore[call-arg]
+    except Exception:
+        logger.exception("the exclusive-app watcher could not start")
+    if aio is not None:
+        try:
+            from app.core.policy.gamemode import GameModeWatcher
+
+            sources.append(GameModeWatcher(aio))  # type: ignore[arg-type]
+        except Exception:
+            logger.exception("the GameMode watcher could not start")
+    from app.core.policy.signals import CompositeSignals
+
+    return CompositeSignals(sources)
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    simulate: str | Path | None = None,
+    clock: Callable[[], float] | None = None,
+    with_api: bool = True,
+    audit: bool = True,
+) -> Runtime:
+    start = time.monotonic()
+    clock = clock or (lambda: time.monotonic() - start)
+    holders: list[ModelHolder] = []
+    ledgers = Ledgers(headroom_bytes=settings.headroom_bytes, clock=clock)
+    backend: GpuBackend
+    if simulate is not None:
+        from app.core.gpu.simulated import SimulatedBackend
+        from app.core.residency.simulated_holder import SimulatedHolder, SimulatedModel
+
+        sim = SimulatedBackend.from_file(simulate)
+        sim.set_clock(clock)  # type: ignore[attr-defined]
+        backend = sim
+        models = [SimulatedModel(m.name, m.gpu, m.size_bytes, m.priority) for m in sim.scenario.models]  # type: ignore[attr-defined]
+        for m in settings.models:
+            size = m.path.stat().st_size if m.path.exists() else 0
+            if size and all(x.name != m.name for x in models):
+                models.append(SimulatedModel(m.name, m.gpu, size, m.priority))
+        holders.append(SimulatedHolder(sim, models, ledgers, clock=clock))
+    else:
+        backend = open_backend(None)
+        if settings.models:
+            from app.core.residency.manager import ResidencyManager
+
+            holders.append(ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock))  # type: ignore[attr-defined]
+    aio = None
+    if with_api:
+        from app.core.aio_thread import AsyncioThread
+
+        aio = AsyncioThread()
+        aio.start()
+    signals = make_signals(settings, backend, clock, aio)
+    steward = Steward(
+        settings,
+        backend,
+        holders,
+        signals=signals,
+        ledgers=ledgers,
+        clock=clock,
+        audit=AuditLog(paths.audit_log_file()) if audit else None,
+    )
+    runtime = Runtime(settings=settings, steward=steward, backend=backend, simulated=simulate is not None, aio=aio)
+    if with_api and aio is not None:
+        from app.core.api import ApiServer, load_or_create_token
+
+        api = ApiServer(
+            steward,
+            host=settings.api_host,
+            port=settings.api_port,
+            token=load_or_create_token(),
+            allow_remote=settings.allow_remote_api,
+            endpoint_file=paths.api_endpoint_file(),
+        )
+        aio.run(api.start(), timeout_s=10.0)
+        runtime.api = api
+    return runtime

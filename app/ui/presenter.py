@@ -1,0 +1,282 @@
+"""Snapshot -> what the user sees: labels, colours, patterns, icon name, tooltip and menu state.
+
+Pure functions over the engine's immutable `StewardSnapshot` and the `Settings`; no Qt, no widgets, so every
+rule about what the tray says is tested without a display. Colours come with a pattern and a label: nothing
+is told by colour alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.core.config import Settings
+from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState
+from app.core.holders import ModelState, ModelStatus
+from app.core.units import GiB, format_bytes
+
+if TYPE_CHECKING:
+    from app.core.steward import StewardSnapshot
+
+APP_TITLE = "VRAM Steward"
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    icon: str  # the SVG under resources/icons without ".svg"
+    title: str  # for people: the tooltip's first line and the dashboard's headline
+    colour: str  # an accent for the headline; the icon's shape says the same thing
+
+
+# Engine states (EngineState in app.core.policy.contention) -> icon, words, accent.
+STATES: dict[str, StateInfo] = {
+    "idle": StateInfo("idle", "Idle: no models loaded", "#6b7280"),
+    "active": StateInfo("resident", "Models resident", "#2e7d32"),
+    "evicted_for_game": StateInfo("evicted-for-game", "Models freed for a game", "#c77700"),
+    "evicted_for_pressure": StateInfo("evicted-for-game", "Models freed: another app needs VRAM", "#c77700"),
+    "cooldown": StateInfo("evicted-for-game", "Waiting for the GPU to stay free", "#c77700"),
+    "paused": StateInfo("paused", "Paused", "#1565c0"),
+    "dedicated_blocked": StateInfo("paused", "Waiting: other compute apps use the GPU", "#1565c0"),
+    "thermal": StateInfo("paused", "Paused: GPU too hot", "#c62828"),
+    "no_gpu": StateInfo("no-gpu", "No NVIDIA GPU", "#6b7280"),
+    "error": StateInfo("error", "Error: GPU monitoring failed", "#c62828"),
+}
+UNKNOWN_STATE = StateInfo("error", "Unknown state", "#c62828")
+
+# Gauge segments: key -> (label, colour, pattern). Patterns map to Qt brush styles in gauges.py.
+SEGMENTS: dict[str, tuple[str, str, str]] = {
+    "ours": ("ours", "#2e7d32", "solid"),
+    "desktop": ("desktop", "#1565c0", "diagonal"),
+    "games_other": ("games + other apps", "#c77700", "cross"),
+    "free": ("free", "", "none"),  # empty colour: the palette's base colour
+}
+OUR_ROLES = frozenset({"self", "managed"})
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # ours | desktop | games_other | free
+    label: str
+    bytes: int
+    colour: str  # "#rrggbb", or "" for the palette's base colour
+    pattern: str  # solid | diagonal | cross | none
+
+
+@dataclass(frozen=True)
+class GpuView:
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    ours_bytes: int
+    headroom_bytes: int
+    segments: tuple[Segment, ...]
+    status_line: str  # the menu's line: "GPU 0: 6.1 / 12.0 GiB used, 3.2 GiB ours"
+    tooltip_line: str  # "GPU 0: 6.1 / 12.0 GiB used, 5.9 GiB free"
+    problem: str | None = None  # a lost or failing GPU: what happened
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    gpu: int
+    state: str
+    menu_text: str  # "llama-8b: resident (4.9 GiB)"
+    command: str  # what a click does: "load" | "unload"
+    checked: bool  # resident or loading
+    size_text: str
+    digest_short: str
+    load_text: str  # "2.1 s at 3.8 GB/s", or ""
+    progress_percent: int | None  # while loading
+
+
+@dataclass(frozen=True)
+class TrayView:
+    """Everything the tray icon, its tooltip and its menu show."""
+
+    state: str
+    icon: str
+    title: str
+    accent: str
+    tooltip: str
+    gpus: tuple[GpuView, ...]
+    models: tuple[ModelView, ...]
+    auto_evict: bool
+    auto_pause_for_gaming: bool
+    pause_text: str  # "Pause" | "Resume"
+    pause_command: str  # "pause" | "resume"
+    evict_enabled: bool
+    notes: tuple[str, ...] = ()  # notices: simulation, no GPU, backend problems
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    gpu: int
+    pid: int
+    name: str
+    role: str
+    vram_text: str
+    used_bytes: int | None
+
+
+def gib(n: int) -> str:
+    """Bytes as GiB with one decimal and no unit: 6.1."""
+    return f"{n / GiB:.1f}"
+
+
+def state_info(state: str) -> StateInfo:
+    return STATES.get(state, UNKNOWN_STATE)
+
+
+def icon_for(state: str, models: Iterable[ModelStatus]) -> str:
+    """The tray icon: "resident" only while a model really is resident (active with nothing loaded = idle)."""
+    info = state_info(state)
+    if state == "active" and not any(m.state in (ModelState.RESIDENT, ModelState.LOADING) for m in models):
+        return "idle"
+    return info.icon
+
+
+def gpu_view(gpu: GpuSnapshot, roles: Mapping[tuple[int, int], str], settings: Settings) -> GpuView:
+    """Split one GPU's used VRAM into ours / desktop / games and other apps; the rest is free."""
+    ours = desktop = 0
+    for process in gpu.processes:
+        role = roles.get((gpu.index, process.pid), "other")
+        size = process.used_bytes or 0
+        if role in OUR_ROLES:
+            ours += size
+        elif role == "desktop":
+            desktop += size
+    ours = min(ours, gpu.used_bytes)
+    desktop = min(desktop, gpu.used_bytes - ours)
+    games_other = max(gpu.used_bytes - ours - desktop, 0)
+    free = max(gpu.total_bytes - ours - desktop - games_other, 0)
+    sizes = {"ours": ours, "desktop": desktop, "games_other": games_other, "free": free}
+    segments = tuple(
+        Segment(key, label, sizes[key], colour, pattern) for key, (label, colour, pattern) in SEGMENTS.items()
+    )
+    used_total = f"{gib(gpu.used_bytes)} / {gib(gpu.total_bytes)} GiB used"
+    problem = None
+    if gpu.state != GpuState.OK:
+        problem = gpu.message or f"GPU {gpu.index} is {gpu.state}"
+    return GpuView(
+        index=gpu.index,
+        name=gpu.name,
+        total_bytes=gpu.total_bytes,
+        used_bytes=gpu.used_bytes,
+        free_bytes=gpu.free_bytes,
+        ours_bytes=ours,
+        headroom_bytes=settings.headroom_bytes(gpu.total_bytes),
+        segments=segments,
+        status_line=(
+            f"GPU {gpu.index}: {problem}" if problem else f"GPU {gpu.index}: {used_total}, {gib(ours)} GiB ours"
+        ),
+        tooltip_line=(
+            f"GPU {gpu.index}: {problem}"
+            if problem
+            else f"GPU {gpu.index}: {used_total}, {gib(gpu.free_bytes)} GiB free"
+        ),
+        problem=problem,
+    )
+
+
+def model_view(model: ModelStatus) -> ModelView:
+    state = str(model.state)
+    busy = model.state in (ModelState.RESIDENT, ModelState.LOADING)
+    size_text = format_bytes(model.size_bytes)
+    progress = None
+    if model.state == ModelState.LOADING and model.progress_total_bytes:
+        done = model.progress_done_bytes or 0
+        progress = max(0, min(100, round(100 * done / model.progress_total_bytes)))
+    state_text = f"loading {progress} %" if progress is not None else state
+    load_text = ""
+    if model.load_seconds is not None:
+        load_text = f"{model.load_seconds:.1f} s"
+        if model.load_bytes_per_s:
+            load_text += f" at {model.load_bytes_per_s / 1e9:.1f} GB/s"
+    return ModelView(
+        name=model.name,
+        gpu=model.gpu,
+        state=state,
+        menu_text=f"{model.name}: {state_text} ({size_text})",
+        command="unload" if busy else "load",
+        checked=busy,
+        size_text=size_text,
+        digest_short=(model.digest or "")[:12],
+        load_text=load_text,
+        progress_percent=progress,
+    )
+
+
+def tooltip(title: str, gpus: Iterable[GpuView], notes: Iterable[str]) -> str:
+    lines = [f"{APP_TITLE}: {title}", *(g.tooltip_line for g in gpus), *notes]
+    return "\n".join(lines)
+
+
+def present(snapshot: StewardSnapshot, settings: Settings, *, notices: Iterable[str] = ()) -> TrayView:
+    """The whole tray view for one snapshot. `notices` are the app's own (e.g. "running a simulation")."""
+    telemetry = snapshot.telemetry
+    info = state_info(snapshot.state)
+    notes = list(notices)
+    if telemetry.state not in (BackendState.OK, BackendState.SIMULATED) and telemetry.message:
+        notes.append(telemetry.message)
+    gpus = tuple(gpu_view(g, snapshot.roles, settings) for g in telemetry.gpus)
+    models = tuple(model_view(m) for m in snapshot.models)
+    paused = snapshot.paused or snapshot.state == "paused"
+    return TrayView(
+        state=snapshot.state,
+        icon=icon_for(snapshot.state, snapshot.models),
+        title=info.title,
+        accent=info.colour,
+        tooltip=tooltip(info.title, gpus, notes),
+        gpus=gpus,
+        models=models,
+        auto_evict=settings.auto_evict,
+        auto_pause_for_gaming=settings.auto_pause_for_gaming,
+        pause_text="Resume" if paused else "Pause",
+        pause_command="resume" if paused else "pause",
+        evict_enabled=any(m.state in (ModelState.RESIDENT, ModelState.LOADING) for m in snapshot.models),
+        notes=tuple(notes),
+    )
+
+
+def starting_view(settings: Settings, *, notices: Iterable[str] = ()) -> TrayView:
+    """Before the first snapshot arrives."""
+    notes = tuple(notices)
+    return TrayView(
+        state="starting",
+        icon="idle",
+        title="Starting",
+        accent="#6b7280",
+        tooltip=tooltip("Starting", (), notes),
+        gpus=(),
+        models=(),
+        auto_evict=settings.auto_evict,
+        auto_pause_for_gaming=settings.auto_pause_for_gaming,
+        pause_text="Pause",
+        pause_command="pause",
+        evict_enabled=False,
+        notes=notes,
+    )
+
+
+def process_rows(snapshot: StewardSnapshot) -> list[ProcessRow]:
+    """The dashboard's process table, largest VRAM first."""
+    rows = []
+    for gpu in snapshot.telemetry.gpus:
+        for p in gpu.processes:
+            rows.append(
+                ProcessRow(
+                    gpu=gpu.index,
+                    pid=p.pid,
+                    name=p.name,
+                    role=snapshot.roles.get((gpu.index, p.pid), "unclassified"),
+                    vram_text=format_bytes(p.used_bytes)
+                    if p.used_bytes is not None
+                    else f"N/A ({p.used_unavailable_reason or 'not reported'})",
+                    used_bytes=p.used_bytes,
+                )
+            )
+    rows.sort(key=lambda r: (r.gpu, -(r.used_bytes or 0), r.pid))
+    return rows
