@@ -47,7 +47,10 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
             return 2
         raise
     if runtime.backend.name == "none":
-        print("No NVIDIA GPU found: watching nothing. Try `vram-steward daemon --simulate game-launch`.", flush=True)
+        print(
+            "No NVIDIA GPU found: watching nothing. Try `vram-steward daemon --simulate game-launch`.",
+            flush=True,
+        )
     elif runtime.simulated:
         print(f"SIMULATION: scenario {simulate} (no real GPU is touched)", flush=True)
     if not getattr(args, "quiet", False):
@@ -59,7 +62,9 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
 
         runtime.steward.subscribe(show)
     if runtime.api is not None:
-        print(f"API on http://{settings.api_host}:{runtime.api.bound_port} (token in the state dir)", flush=True)  # type: ignore[attr-defined]
+        print(
+            f"API on http://{settings.api_host}:{runtime.api.bound_port} (token in the state dir)", flush=True
+        )  # type: ignore[attr-defined]
 
     done = threading.Event()
 

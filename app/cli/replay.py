@@ -10,7 +10,9 @@ from app.cli.common import load_settings_or_exit
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("replay", help="run the engine on a simulated scenario as fast as possible; print events")
+    p = sub.add_parser(
+        "replay", help="run the engine on a simulated scenario as fast as possible; print events"
+    )
     p.add_argument("scenario", help="a shipped scenario name (e.g. game-launch) or a scenario file")
     p.add_argument("--until", type=float, metavar="SECONDS", help="stop at this scenario time")
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")

@@ -184,7 +184,9 @@ class ApiServer:
                 401,
                 "unauthorized",
                 "missing or wrong API token" if given else "missing API token",
-                suggestions=[f"Send 'Authorization: Bearer <token>' with the token from {paths.api_token_file()}"],
+                suggestions=[
+                    f"Send 'Authorization: Bearer <token>' with the token from {paths.api_token_file()}"
+                ],
             )
         return await handler(request)
 
@@ -228,7 +230,9 @@ class ApiServer:
         refused = [
             e
             for e in snap.recent_events
-            if e.kind == "LoadRefused" and getattr(e, "model", None) == name and e.at >= snap.telemetry.taken_at
+            if e.kind == "LoadRefused"
+            and getattr(e, "model", None) == name
+            and e.at >= snap.telemetry.taken_at
         ]
         if refused:
             event = refused[-1]

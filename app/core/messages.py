@@ -22,6 +22,8 @@ def describe(event: ev.Event) -> str:
             "sleep": "System going to sleep",
             "thermal": f"GPU too hot ({event.trigger})",
             "battery": "On battery",
+            "lost": "GPU lost",
+            "dedicated": "Dedicated mode: a foreign compute job",
         }.get(event.reason, event.reason)
         return f"{why}: {freed} ({_models(event.models)}: {', '.join(event.models)}) on GPU {event.gpu}"
     if isinstance(event, ev.Resumed):
@@ -36,7 +38,8 @@ def describe(event: ev.Event) -> str:
     if isinstance(event, ev.VramSealed):
         return (
             f"{event.model} loaded on GPU {event.gpu}: {format_gb(event.bytes)} in {event.seconds:.1f} s "
-            f"({event.bytes_per_s / 1e9:.1f} GB/s)" + (" (file changed since last load)" if event.file_changed else "")
+            f"({event.bytes_per_s / 1e9:.1f} GB/s)"
+            + (" (file changed since last load)" if event.file_changed else "")
         )
     if isinstance(event, ev.VramAllocated):
         return f"{event.model} resident on GPU {event.gpu} ({format_gb(event.bytes)})"

@@ -65,7 +65,9 @@ class Runtime:
     api: object | None = None
 
     def start_worker(self) -> None:
-        self.worker = threading.Thread(target=self.steward.run, args=(self.stop_event,), name="steward", daemon=True)
+        self.worker = threading.Thread(
+            target=self.steward.run, args=(self.stop_event,), name="steward", daemon=True
+        )
         self.worker.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -84,7 +86,9 @@ class Runtime:
             self.aio.stop(timeout_s=5.0)  # type: ignore[attr-defined]
 
 
-def make_signals(settings: Settings, backend: GpuBackend, clock: Callable[[], float], aio: object | None) -> GameSignalSource:
+def make_signals(
+    settings: Settings, backend: GpuBackend, clock: Callable[[], float], aio: object | None
+) -> GameSignalSource:
     """The game signals that can run here: scenario signals in simulation; GameMode, Steam and the
     exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
     if backend.name == "simulated":
@@ -100,7 +104,9 @@ def make_signals(settings: Settings, backend: GpuBackend, clock: Callable[[], fl
         from app.core.policy.exclusive_apps import ExclusiveApps
 
         if settings.exclusive_apps:
-            sources.append(ExclusiveApps(settings.exclusive_apps, interval_s=settings.process_check_interval_secs))  # type: ignore[call-arg]
+            sources.append(
+                ExclusiveApps(settings.exclusive_apps, interval_s=settings.process_check_interval_secs)
+            )  # type: ignore[call-arg]
     except Exception:
         logger.exception("the exclusive-app watcher could not start")
     if aio is not None:
@@ -146,7 +152,9 @@ def build_runtime(
         if settings.models:
             from app.core.residency.manager import ResidencyManager
 
-            holders.append(ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock))  # type: ignore[attr-defined]
+            holders.append(
+                ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock)
+            )  # type: ignore[attr-defined]
     aio = None
     if with_api:
         from app.core.aio_thread import AsyncioThread
@@ -163,7 +171,9 @@ def build_runtime(
         clock=clock,
         audit=AuditLog(paths.audit_log_file()) if audit else None,
     )
-    runtime = Runtime(settings=settings, steward=steward, backend=backend, simulated=simulate is not None, aio=aio)
+    runtime = Runtime(
+        settings=settings, steward=steward, backend=backend, simulated=simulate is not None, aio=aio
+    )
     if with_api and aio is not None:
         from app.core.api import ApiServer, load_or_create_token
 

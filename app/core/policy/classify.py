@@ -4,7 +4,7 @@ contention policy watches (DESIGN.md, "Contention policy").
 Foreign VRAM is everything that is not ours (self) or a model server's we manage (managed). Part of it is
 tolerated: the desktop's baseline. Each desktop process is tolerated up to the VRAM it used when we first
 saw it (capped at `baseline_max_process_vram`); a process under a per-app "ignore" rule is tolerated
-whatever it uses; games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes`
+whatever it uses (and the policy counts its VRAM as free, so it never triggers); games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes`
 is therefore "how much the foreign processes grew beyond the desktop we started with", which is what the
 pressure threshold is compared with. Measuring per process (rather than one total taken at start) means a
 browser that exits does not leave slack that hides a game starting later.
@@ -92,7 +92,7 @@ class Classification:
     foreign_bytes_by_gpu: Mapping[int, int] = field(default_factory=dict)
     baseline_bytes_by_gpu: Mapping[int, int] = field(default_factory=dict)
     growth_bytes: Mapping[tuple[int, int], int] = field(default_factory=dict)  # per foreign process
-    ignored_growth_bytes_by_gpu: Mapping[int, int] = field(default_factory=dict)
+    ignored_bytes_by_gpu: Mapping[int, int] = field(default_factory=dict)
 
     def role(self, gpu: int, pid: int) -> Role | None:
         return self.roles.get((gpu, pid))
@@ -109,9 +109,9 @@ class Classification:
         """Foreign VRAM beyond the baseline: what the pressure threshold is compared with."""
         return self.foreign_bytes(gpu) - self.baseline_bytes(gpu)
 
-    def ignored_growth_bytes(self, gpu: int) -> int:
-        """How much processes under an "ignore" rule grew since first seen (never a trigger)."""
-        return self.ignored_growth_bytes_by_gpu.get(gpu, 0)
+    def ignored_bytes(self, gpu: int) -> int:
+        """VRAM of processes under a per-app "ignore" rule: never a trigger, not even by taking headroom."""
+        return self.ignored_bytes_by_gpu.get(gpu, 0)
 
 
 def _psutil_parent_pid(pid: int) -> int | None:
@@ -142,7 +142,7 @@ class ProcessClassifier:
         self._parents: dict[int, int | None] = {}
         self._learned_gpus: set[int] = set()
         self._baseline: set[tuple[int, int]] = set()  # the learned baseline: (gpu, pid)
-        self._first_seen_bytes: dict[tuple[int, int], int] = {}  # desktop and ignored processes
+        self._first_seen_bytes: dict[tuple[int, int], int] = {}  # desktop processes
         self._named_by_game: set[int] = set()  # pids a game signal ever named: never baseline
 
     def update_settings(self, settings: Settings) -> None:
@@ -172,7 +172,7 @@ class ProcessClassifier:
         notes: list[str] = []
         foreign: dict[int, int] = {}
         baseline: dict[int, int] = {}
-        ignored_growth: dict[int, int] = {}
+        ignored_bytes: dict[int, int] = {}
         growth: dict[tuple[int, int], int] = {}
         ignored: set[tuple[int, int]] = set()
 
@@ -195,7 +195,7 @@ class ProcessClassifier:
             if first_sample:
                 self._learned_gpus.add(gpu.index)
             self._apply_container_fallback(gpu, roles, (our_expected_bytes or {}).get(gpu.index, 0), notes)
-            foreign[gpu.index], baseline[gpu.index], ignored_growth[gpu.index] = self._measure(
+            foreign[gpu.index], baseline[gpu.index], ignored_bytes[gpu.index] = self._measure(
                 gpu, roles, ignored, growth, notes
             )
 
@@ -206,7 +206,7 @@ class ProcessClassifier:
             foreign_bytes_by_gpu=foreign,
             baseline_bytes_by_gpu=baseline,
             growth_bytes=growth,
-            ignored_growth_bytes_by_gpu=ignored_growth,
+            ignored_bytes_by_gpu=ignored_bytes,
         )
 
     def _role(
@@ -228,7 +228,6 @@ class ProcessClassifier:
             self._settings.app_rules, exe=proc.name, app_id=signal.app_id if signal is not None else None
         )
         if rule is not None and rule.action == "ignore":
-            self._first_seen_bytes.setdefault(key, used)
             return Role.DESKTOP, True
         if (rule is not None and rule.action == "evict") or signal is not None:
             return Role.GAME, False
@@ -294,8 +293,8 @@ class ProcessClassifier:
         growth: dict[tuple[int, int], int],
         notes: list[str],
     ) -> tuple[int, int, int]:
-        """(foreign bytes, tolerated baseline bytes, growth of ignored processes) on one GPU."""
-        foreign = tolerated = ignored_growth = 0
+        """(foreign bytes, tolerated baseline bytes, bytes of ignored processes) on one GPU."""
+        foreign = tolerated = ignored_bytes = 0
         unmeasured: list[str] = []
         cap = self._settings.baseline_max_process_vram
         for proc in gpu.processes:
@@ -308,13 +307,11 @@ class ProcessClassifier:
             used = proc.used_bytes or 0
             foreign += used
             allowed = 0
-            if role == Role.DESKTOP:
-                first = self._first_seen_bytes.get(key, used)
-                if key in ignored:
-                    allowed = used
-                    ignored_growth += max(0, used - first)
-                else:
-                    allowed = min(used, first, cap)
+            if key in ignored:
+                allowed = used
+                ignored_bytes += used
+            elif role == Role.DESKTOP:
+                allowed = min(used, self._first_seen_bytes.get(key, used), cap)
             tolerated += allowed
             growth[key] = used - allowed
         if unmeasured:
@@ -324,7 +321,7 @@ class ProcessClassifier:
                 f"GPU {gpu.index}: NVML gives no VRAM figure for {', '.join(unmeasured)}"
                 f"{f' ({reason})' if reason else ''}; counted as 0, free VRAM still tells the truth"
             )
-        return foreign, tolerated, ignored_growth
+        return foreign, tolerated, ignored_bytes
 
     def _forget_absent(self, present: set[tuple[int, int]], snapshot: TelemetrySnapshot) -> None:
         """Drop what we remember about processes that left (a reused PID must not inherit a role)."""

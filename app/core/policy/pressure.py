@@ -30,7 +30,7 @@ class Pressure:
     need_bytes: int  # what to free now; 0 when enough is already given back
     trigger: str  # for people
     headroom_bytes: int
-    free_bytes: int  # free VRAM, plus what processes under an "ignore" rule grew (they never trigger)
+    free_bytes: int  # free VRAM, plus what processes under an "ignore" rule use (they never trigger)
     growth_bytes: int
     threshold_bytes: int
 
@@ -48,7 +48,7 @@ def measure_pressure(
 ) -> Pressure:
     headroom = settings.headroom_bytes(gpu.total_bytes)
     threshold = settings.pressure_threshold_bytes(gpu.total_bytes)
-    free = gpu.free_bytes + classification.ignored_growth_bytes(gpu.index)
+    free = gpu.free_bytes + classification.ignored_bytes(gpu.index)
     growth = classification.growth(gpu.index)
     short = headroom - free
     excess = growth - threshold

@@ -1,14 +1,17 @@
 """A rate-limited walk of the process table, shared by the Steam and exclusive-app signal sources.
 
-A /proc walk costs far more than an NVML call (roughly 30-100 µs per process), so the table is read at most
-once every `interval_s` (Settings.process_check_interval_secs) on the injected clock, and command lines,
-the most expensive part, are read only for processes whose name asks for it (Steam's `reaper`).
+A process-table walk costs far more than an NVML call, so the table is read at most once every `interval_s`
+(Settings.process_check_interval_secs) on the injected clock; on Linux it reads /proc directly (psutil
+costs about 6x more per process), and command lines are read only for processes whose name asks for it
+(Steam's `reaper`).
 Processes that vanish or deny access mid-walk are skipped or reported with what could be read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,7 +47,18 @@ class ProcessTable:
 
 
 def read_process_table(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
-    """Walk the process table once (psutil, so it stays portable)."""
+    """Walk the process table once: straight from /proc on Linux (about 6x cheaper than psutil there),
+    through psutil elsewhere or when /proc cannot be read."""
+    if _PROC_USABLE:
+        try:
+            return read_proc_directly(cmdline_names)
+        except OSError as exc:
+            logger.debug("reading /proc directly failed (%s); using psutil", exc)
+    return read_with_psutil(cmdline_names)
+
+
+def read_with_psutil(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
+    """The portable walk (psutil)."""
     found: list[ProcessInfo] = []
     for proc in psutil.process_iter(_ATTRS, ad_value=None):
         info = proc.info
@@ -68,6 +82,60 @@ def read_process_table(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
             )
         )
     return found
+
+
+_PROC_USABLE = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if _PROC_USABLE else 100
+_COMM_MAX = 15  # the kernel truncates process names to 15 characters
+
+
+def read_proc_directly(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
+    """The Linux walk: one read of /proc/PID/stat and one readlink of /proc/PID/exe per process, with the
+    same names as psutil gives (a truncated name is completed from the command line, as psutil does)."""
+    boot_time = psutil.boot_time()
+    found: list[ProcessInfo] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat_file:
+                stat = stat_file.read().decode(errors="replace")
+        except OSError:
+            continue  # it ended while we looked
+        open_paren, close_paren = stat.find("("), stat.rfind(")")
+        name = stat[open_paren + 1 : close_paren]
+        fields = stat[close_paren + 2 :].split()
+        try:
+            ppid = int(fields[1])
+            create_time: float | None = boot_time + int(fields[19]) / _CLOCK_TICKS
+        except (IndexError, ValueError):
+            ppid, create_time = 0, None
+        try:
+            exe: str | None = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") or None
+        except OSError:
+            exe = None  # another user's process, a kernel thread, or gone
+        cmdline: tuple[str, ...] | None = None
+        if len(name) >= _COMM_MAX or name.lower() in cmdline_names:
+            cmdline = _read_cmdline(pid)
+            if len(name) >= _COMM_MAX and cmdline:
+                full = os.path.basename(cmdline[0])
+                name = full if full.startswith(name) else name
+            if name.lower() not in cmdline_names:
+                cmdline = None
+        found.append(
+            ProcessInfo(pid=pid, ppid=ppid, name=name, exe=exe, create_time=create_time, cmdline=cmdline)
+        )
+    return found
+
+
+def _read_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline_file:
+            raw = cmdline_file.read()
+    except OSError:
+        return None
+    return tuple(part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")) if raw else ()
 
 
 class ProcessScanner:

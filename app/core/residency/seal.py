@@ -136,7 +136,12 @@ class ResidentModel:
 def open_model_file(path: str) -> tuple[int, int]:
     """(fd, size) of a regular, non-empty, readable model file, or ModelFileError. Allocates nothing."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ModelFileError(path=path, problem="is a directory, expected a model file")
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block until a writer comes
+            raise ModelFileError(path=path, problem="is not a regular file (a pipe or a device?)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ModelFileError(path=path, problem="no such file") from None
     except PermissionError:

@@ -77,9 +77,7 @@ class SimulatedHolder:
         return list(self._status.values())
 
     def pids(self) -> set[int]:
-        gpus = {
-            s.gpu for s in self._status.values() if s.state in (ModelState.RESIDENT, ModelState.LOADING)
-        }
+        gpus = {s.gpu for s in self._status.values() if s.state in (ModelState.RESIDENT, ModelState.LOADING)}
         return {self.host_pid(g) for g in gpus}
 
     def start_load(self, model: str) -> None:
@@ -87,7 +85,9 @@ class SimulatedHolder:
         if status.state in (ModelState.RESIDENT, ModelState.LOADING):
             return
         size = status.size_bytes or 0
-        reservation = self._ledgers.for_gpu(status.gpu).reserve(size, holder=model, pid=self.host_pid(status.gpu))
+        reservation = self._ledgers.for_gpu(status.gpu).reserve(
+            size, holder=model, pid=self.host_pid(status.gpu)
+        )
         now = self._clock()
         self._loads[model] = _Load(reservation.id, now, now + size / self._rate)
         self._status[model] = replace(
@@ -107,7 +107,9 @@ class SimulatedHolder:
             if now < load.done_at:
                 done = int(size * (now - load.started_at) / max(load.done_at - load.started_at, 1e-9))
                 self._status[model] = replace(status, progress_done_bytes=done)
-                out.append(ev.LoadProgress(at=now, model=model, gpu=status.gpu, done_bytes=done, total_bytes=size))
+                out.append(
+                    ev.LoadProgress(at=now, model=model, gpu=status.gpu, done_bytes=done, total_bytes=size)
+                )
                 continue
             del self._loads[model]
             ledger = self._ledgers.for_gpu(status.gpu)
@@ -168,7 +170,9 @@ class SimulatedHolder:
         return out
 
     def close(self) -> None:
-        resident = [n for n, s in self._status.items() if s.state in (ModelState.RESIDENT, ModelState.LOADING)]
+        resident = [
+            n for n, s in self._status.items() if s.state in (ModelState.RESIDENT, ModelState.LOADING)
+        ]
         self._free(resident, "shutdown", ModelState.UNLOADED)
 
     def _get(self, model: str) -> ModelStatus:

@@ -30,7 +30,7 @@ class CliResult:
 
 @pytest.fixture
 def config_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
-    """Run `vram-steward [--config FILE] config ...` in-process, with the same top-level options as the app."""
+    """Run `vram-steward [--config FILE] config ...` in-process, with the app's top-level options."""
 
     def run(*argv: str) -> CliResult:
         parser = argparse.ArgumentParser(prog="vram-steward")

@@ -80,7 +80,11 @@ def test_load_settings_raises_the_same_facts(name: str, tmp_path: Path) -> None:
         load_settings(path)
     first = EXPECTED[name]["problems"][0]
     assert isinstance(caught.value, ConfigError)
-    assert (caught.value.path, caught.value.key, caught.value.line) == (str(path), first["key"], first["line"])
+    assert (caught.value.path, caught.value.key, caught.value.line) == (
+        str(path),
+        first["key"],
+        first["line"],
+    )
     assert [p.key for p in caught.value.problems] == [p["key"] for p in EXPECTED[name]["problems"]]
     _assert_untouched(path, name)
 

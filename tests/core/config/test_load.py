@@ -120,8 +120,12 @@ def test_a_remote_api_host_is_fine_when_allowed(tmp_path: Path) -> None:
 
 
 def test_thermal_pause_zero_means_off(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path / "c.toml", "thermal_pause_celsius = 0\n")).thermal_pause_celsius is None
-    assert load_settings(write(tmp_path / "c.toml", "thermal_pause_celsius = 85\n")).thermal_pause_celsius == 85
+    assert (
+        load_settings(write(tmp_path / "c.toml", "thermal_pause_celsius = 0\n")).thermal_pause_celsius is None
+    )
+    assert (
+        load_settings(write(tmp_path / "c.toml", "thermal_pause_celsius = 85\n")).thermal_pause_celsius == 85
+    )
     with pytest.raises(ConfigErrors, match="0 \\(off\\) or a whole number from 40 to 110"):
         load_settings(write(tmp_path / "c.toml", "thermal_pause_celsius = 20\n"))
 

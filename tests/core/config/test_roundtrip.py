@@ -26,9 +26,9 @@ from app.core.config import (
 )
 from app.core.units import GiB, MiB
 
-WORDS = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12).filter(
-    lambda s: s.strip() != ""
-)
+WORDS = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12
+).filter(lambda s: s.strip() != "")
 
 
 def value_for(spec: SettingSpec) -> st.SearchStrategy[Any]:
@@ -36,14 +36,18 @@ def value_for(spec: SettingSpec) -> st.SearchStrategy[Any]:
     if spec.kind is SpecKind.BOOL:
         return st.booleans()
     if spec.kind is SpecKind.INT:
-        return st.integers(int(low) if low is not None else -(2**31), int(high) if high is not None else 2**31)
+        return st.integers(
+            int(low) if low is not None else -(2**31), int(high) if high is not None else 2**31
+        )
     if spec.kind is SpecKind.OPTIONAL_INT:
         return st.none() | st.integers(int(low or 1), int(high or 2**31))
     if spec.kind is SpecKind.FLOAT:
         return st.floats(low, high, allow_nan=False, allow_infinity=False)
     if spec.kind is SpecKind.SIZE:
-        return st.integers(0, 2**45) | st.integers(0, 64).map(lambda n: n * GiB) | st.integers(0, 9).map(
-            lambda n: n * MiB + 1
+        return (
+            st.integers(0, 2**45)
+            | st.integers(0, 64).map(lambda n: n * GiB)
+            | st.integers(0, 9).map(lambda n: n * MiB + 1)
         )
     if spec.kind is SpecKind.TEXT_LIST:
         return st.lists(WORDS, max_size=3).map(tuple)
@@ -56,18 +60,20 @@ def any_settings(draw: st.DrawFn) -> Settings:
     values = {spec.key: draw(value_for(spec)) for spec in SETTING_SPECS}
     values["max_cooldown_secs"] = max(values["max_cooldown_secs"], values["resume_cooldown_secs"])
     names = draw(st.lists(WORDS, max_size=3, unique=True))
-    models = tuple(
-        ModelConfig(
-            name=name,
-            path=Path("/models") / draw(WORDS.filter(lambda s: "/" not in s and s not in (".", ".."))),
-            gpu=draw(st.integers(0, 3)),
-            priority=draw(st.integers(-1000, 1000)),
-            variants=tuple(draw(st.lists(st.sampled_from(names), unique=True, max_size=2).map(
-                lambda vs, me=name: [v for v in vs if v != me]
-            ))),
+    file_names = WORDS.filter(lambda s: "/" not in s and s not in (".", ".."))
+    models = []
+    for name in names:
+        others = [n for n in names if n != name]
+        variants = draw(st.lists(st.sampled_from(others), unique=True, max_size=2)) if others else []
+        models.append(
+            ModelConfig(
+                name=name,
+                path=Path("/models") / draw(file_names),
+                gpu=draw(st.integers(0, 3)),
+                priority=draw(st.integers(-1000, 1000)),
+                variants=tuple(variants),
+            )
         )
-        for name in names
-    )  # fmt: skip
     rules = tuple(
         AppRule(draw(WORDS), draw(st.sampled_from(RULE_ACTIONS))) for _ in range(draw(st.integers(0, 2)))
     )
@@ -79,10 +85,10 @@ def any_settings(draw: st.DrawFn) -> Settings:
         )
         for _ in range(draw(st.integers(0, 2)))
     )
-    return Settings(**values, models=models, app_rules=rules, servers=servers)
+    return Settings(**values, models=tuple(models), app_rules=rules, servers=servers)
 
 
-COMMON = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+COMMON = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @COMMON
@@ -98,13 +104,17 @@ def test_any_settings_save_and_load_back_equal(generated: Settings) -> None:
 
 @COMMON
 @given(any_settings(), any_settings())
-def test_saving_over_other_saved_settings_gives_exactly_the_new_ones(first: Settings, second: Settings) -> None:
+def test_saving_over_other_saved_settings_gives_exactly_the_new_ones(
+    first: Settings, second: Settings
+) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.toml"
         save_settings(first, path)
         changes = {spec.key: getattr(second, spec.key) for spec in SETTING_SPECS}
         updated = update_settings(path, **changes, models=second.models, servers=second.servers)
-        assert updated == Settings(**changes, models=second.models, app_rules=first.app_rules, servers=second.servers)
+        assert updated == Settings(
+            **changes, models=second.models, app_rules=first.app_rules, servers=second.servers
+        )
         assert load_settings(path, check_files=False) == updated
 
 

@@ -84,7 +84,9 @@ def test_update_adds_a_new_key_at_the_top_level_not_inside_a_table(commented: Pa
 def test_update_edits_a_model_in_place_keeping_its_comments(commented: Path) -> None:
     current = load_settings(commented)
     big = current.models[0]
-    new = update_settings(commented, models=(ModelConfig(big.name, big.path, gpu=2, priority=4), current.models[1]))
+    new = update_settings(
+        commented, models=(ModelConfig(big.name, big.path, gpu=2, priority=4), current.models[1])
+    )
     assert changed_lines(COMMENTED, commented.read_text()) == ["-gpu = 1", "+gpu = 2", "+priority = 4"]
     assert new.models[0].gpu == 2 and new.models[0].priority == 4
     assert new.models[1] == current.models[1]

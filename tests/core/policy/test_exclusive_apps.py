@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -10,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from app.core.policy.exclusive_apps import ExclusiveApps, matching_entry, normalize_app_name
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, read_process_table
+from app.core.policy.process_scan import (
+    ProcessInfo,
+    ProcessScanner,
+    read_proc_directly,
+    read_process_table,
+    read_with_psutil,
+)
 from app.core.policy.signals import CompositeSignals, GameSignal, merge
 
 
@@ -32,12 +40,13 @@ def test_a_process_on_the_list_is_a_signal_and_one_not_on_it_is_not(spawn, clock
 def test_the_executables_basename_matches_when_the_process_name_differs(spawn, clock, tmp_path: Path) -> None:
     script = tmp_path / "render-job"
     script.write_text("sleep 60\n")
-    proc = subprocess.Popen(["/bin/sh", str(script)])  # name "sh", executable /usr/bin/dash
+    # name "sh", executable /usr/bin/dash; its own process group, so its `sleep` child ends with it
+    proc = subprocess.Popen(["/bin/sh", str(script)], start_new_session=True)
     try:
         apps = ExclusiveApps(ProcessScanner(interval_s=1.0, clock=clock), ["DASH"])
         assert proc.pid in {s.pid for s in apps.active()}
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(5)
 
 
@@ -77,7 +86,26 @@ def test_matching_is_by_name_or_exe_basename_case_insensitive_with_or_without_ex
 # --- the shared scanner ----------------------------------------------------------------------------
 
 
-def test_the_scanner_tolerates_processes_vanishing_while_it_walks(clock) -> None:
+def test_the_direct_proc_walk_sees_what_psutil_sees(spawn) -> None:
+    long_named = spawn("davinci-resolve-studio")  # longer than the kernel's 15-character name
+    reaper = spawn("reaper", "30")
+    names = frozenset({"reaper"})
+    direct = {p.pid: p for p in read_proc_directly(names)}
+    portable = {p.pid: p for p in read_with_psutil(names)}
+    common = direct.keys() & portable.keys()
+    assert {long_named.pid, reaper.pid} <= common
+    for pid in common:
+        a, b = direct[pid], portable[pid]
+        assert (a.name, a.ppid, a.exe, a.cmdline) == (b.name, b.ppid, b.exe, b.cmdline), pid
+        assert a.create_time is not None and b.create_time is not None
+        assert abs(a.create_time - b.create_time) < 0.05
+    assert direct[long_named.pid].name == "davinci-resolve-studio"
+    assert direct[reaper.pid].cmdline == (direct[reaper.pid].exe, "30")
+    assert direct[long_named.pid].cmdline is None  # command lines only for the names asked for
+
+
+@pytest.mark.parametrize("walk", [read_proc_directly, read_with_psutil])
+def test_the_scanner_tolerates_processes_vanishing_while_it_walks(walk) -> None:
     stop = threading.Event()
 
     def churn() -> None:
@@ -88,8 +116,8 @@ def test_the_scanner_tolerates_processes_vanishing_while_it_walks(clock) -> None
     churner.start()
     try:
         for _ in range(15):
-            table = read_process_table(frozenset({"true", "reaper"}))
-            assert any(p.name for p in table)
+            table = walk(frozenset({"true", "reaper"}))
+            assert any(p.pid == os.getpid() for p in table)
     finally:
         stop.set()
         churner.join(5)

@@ -145,3 +145,26 @@ def test_the_watcher_notices_its_bus_going_away(aio, clock, tmp_path: Path) -> N
     assert wait_until(lambda: watcher.status == "no_bus")
     assert watcher.active() == ()
     watcher.close()
+
+
+def test_watchers_started_while_games_come_and_go_agree_with_the_daemon_in_the_end(
+    aio, clock, gamemode_daemon: GameModeDaemon, private_bus: PrivateBus, spawn
+) -> None:
+    gamemode_daemon.start()
+    games = [spawn(f"game{i}") for i in range(4)]
+    watchers: list[GameModeWatcher] = []
+    for round_ in range(3):  # registrations and removals race with each watcher's ListGames
+        for i, game in enumerate(games):
+            if (i + round_) % 2 == 0:
+                gamemode_daemon.register(game.pid)
+            elif round_ > 0:  # registered in the previous round
+                gamemode_daemon.unregister(game.pid)
+        watchers.append(GameModeWatcher(aio, bus_address=private_bus.address, clock=clock))
+    listed = private_bus.send(
+        f"--dest={GAMEMODE_NAME}", "/com/feralinteractive/GameMode", f"{GAMEMODE_NAME}.ListGames"
+    )
+    expected = {g.pid for g in games if f"int32 {g.pid}" in listed}
+    assert expected, "the churn should leave some games registered"
+    for watcher in watchers:
+        assert wait_until(lambda w=watcher: _pids(w) == expected), f"{_pids(watcher)} != {expected}"
+        watcher.close()

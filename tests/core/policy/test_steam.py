@@ -20,7 +20,12 @@ from app.core.policy.steam import (
 )
 from tests.fixtures.dbus_session import wait_until
 
-REAPER = '#!/bin/sh\n# stands in for Steam\'s reaper\nwhile [ "$1" != "--" ]; do shift; done; shift\n"$@" &\nwait\n'
+REAPER = """#!/bin/sh
+# stands in for Steam's reaper: reaper SteamLaunch AppId=N -- GAME ARGS...
+while [ "$1" != "--" ]; do shift; done; shift
+"$@" &
+wait
+"""
 
 
 @pytest.fixture
@@ -69,7 +74,9 @@ def test_a_running_steam_game_is_a_signal_with_its_app_id_and_the_games_own_proc
     assert steam.active() == ()
 
 
-def test_the_name_comes_from_the_libraries_appmanifest_when_there_is_one(launch, clock, tmp_path: Path) -> None:
+def test_the_name_comes_from_the_libraries_appmanifest_when_there_is_one(
+    launch, clock, tmp_path: Path
+) -> None:
     library = tmp_path / "steamapps"
     library.mkdir()
     (library / "appmanifest_1091500.acf").write_text(
@@ -103,7 +110,7 @@ def test_refresh_scans_at_once_whatever_the_interval(launch, clock, tmp_path: Pa
     scanner = ProcessScanner(interval_s=60.0, clock=clock)
     steam = SteamGames(scanner, steamapps_dirs=[tmp_path])
     assert steam.active() == ()
-    _reaper, game_pid = launch("570", "dota2")
+    launch("570", "dota2")
     scanner.refresh()
     assert [s.app_id for s in steam.active()] == ["570"]
 
@@ -111,7 +118,9 @@ def test_refresh_scans_at_once_whatever_the_interval(launch, clock, tmp_path: Pa
 # --- the pieces, on made-up process tables ---------------------------------------------------------
 
 
-def _proc(pid: int, ppid: int, name: str, created: float, cmdline: tuple[str, ...] | None = None) -> ProcessInfo:
+def _proc(
+    pid: int, ppid: int, name: str, created: float, cmdline: tuple[str, ...] | None = None
+) -> ProcessInfo:
     return ProcessInfo(pid=pid, ppid=ppid, name=name, exe=f"/x/{name}", create_time=created, cmdline=cmdline)
 
 
@@ -159,7 +168,10 @@ def test_name_from_cmdline_prefers_the_windows_exe_then_the_program_after_the_la
         "/s/Proton 8.0/proton", "waitforexitandrun", "/s/common/Cyberpunk 2077/bin/x64/Cyberpunk2077.exe",
     ]  # fmt: skip
     assert name_from_cmdline(proton) == "Cyberpunk2077.exe"
-    assert name_from_cmdline(["reaper", "SteamLaunch", "AppId=2", "--", "/g/factorio/bin/factorio"]) == "factorio"
+    assert (
+        name_from_cmdline(["reaper", "SteamLaunch", "AppId=2", "--", "/g/factorio/bin/factorio"])
+        == "factorio"
+    )
     assert name_from_cmdline(["reaper", "SteamLaunch", "AppId=2"]) is None
 
 

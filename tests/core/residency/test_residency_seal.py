@@ -140,8 +140,8 @@ def test_a_file_that_grows_while_streaming_is_refused(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_part_way_frees_everything_and_is_retriable(tmp_path: Path) -> None:
-    # a foreign process takes 62 MiB at t=10; the seal's second segment allocation happens after that
-    timeline = '[[timeline]]\nat = 10.0\nevent = "process_start"\npid = 900\nname = "game"\nused = "62 MiB"\n'
+    # a game starts at t=10 and takes all that is left; the seal's second segment allocation comes after
+    timeline = '[[timeline]]\nat = 10.0\nevent = "process_start"\npid = 900\nname = "game"\nused = "64 MiB"\n'
     backend, clock, device = gpu(timeline=timeline)
     write_model(tmp_path / "m.bin", 4 * SEGMENT)
     before = backend.our_bytes(0)
