@@ -418,19 +418,18 @@ class _KeyLines:
                     quote = q
 
     def line(self, where: tuple[str, ...]) -> int | None:
-        """The line of the key at `where`, or of its closest enclosing key or table."""
+        """The line of the key at `where`, or of its closest enclosing key or table (in a schema 1 file,
+        under its schema 1 name)."""
         for end in range(len(where), 0, -1):
-            found = self._lines.get(where[:end])
-            if found is not None:
-                return found
-            if end == 1 and where[0] in _V2_TO_V1:
-                return self._lines.get((_V2_TO_V1[where[0]],))
-            if end >= 2 and where[0] == "models" and (_V1_MODELS_KEY, *where[1:end]) in self._lines:
-                return self._lines[(_V1_MODELS_KEY, *where[1:end])]
+            part = where[:end]
+            v1_name = _V1_NAMES.get(part[0], part[0])
+            for candidate in (part, (v1_name, *part[1:])):
+                if candidate in self._lines:
+                    return self._lines[candidate]
         return None
 
 
-_V2_TO_V1 = {v: k for k, v in _V1_RENAMES.items()}
+_V1_NAMES = {new: old for old, new in _V1_RENAMES.items()} | {"models": _V1_MODELS_KEY}
 
 
 def _key_name(where: tuple[str, ...]) -> str:
@@ -947,8 +946,12 @@ def save_settings(settings: Settings, path: Path) -> Settings:
     _apply(doc, current, settings)
     new_text = tomlkit.dumps(doc)
     base = Path(os.path.abspath(path)).parent
-    saved = _validate(tomllib.loads(new_text), path, new_text, check_files=False, base=base)
-    if saved != settings:
+    saved = _validate(_parse(path, new_text), path, new_text, check_files=False, base=base)
+    wanted = dataclasses.replace(
+        settings,
+        models=tuple(dataclasses.replace(m, path=_expand_path(str(m.path), base)) for m in settings.models),
+    )
+    if saved != wanted:
         raise ConfigError(
             path=str(path),
             key="(save)",

@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.core import paths
+from app.core.aio_thread import AsyncioThread
 from app.core.config import Settings
 from app.core.events import AuditLog
 from app.core.gpu.backend import GpuBackend, open_backend
@@ -18,6 +20,9 @@ from app.core.holders import ModelHolder
 from app.core.policy.signals import GameSignal, GameSignalSource
 from app.core.residency.ledger import Ledgers
 from app.core.steward import Steward
+
+if TYPE_CHECKING:
+    from app.core.api import ApiServer
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +66,8 @@ class Runtime:
     simulated: bool
     stop_event: threading.Event = field(default_factory=threading.Event)
     worker: threading.Thread | None = None
-    aio: object | None = None
-    api: object | None = None
+    aio: AsyncioThread | None = None
+    api: ApiServer | None = None
 
     def start_worker(self) -> None:
         self.worker = threading.Thread(
@@ -79,11 +84,11 @@ class Runtime:
             self.steward.shutdown()
         if self.api is not None and self.aio is not None:
             try:
-                self.aio.run(self.api.stop(), timeout_s=5.0)  # type: ignore[attr-defined]
+                self.aio.run(self.api.stop(), timeout_s=5.0)
             except Exception:
                 logger.exception("stopping the API failed")
         if self.aio is not None:
-            self.aio.stop(timeout_s=5.0)  # type: ignore[attr-defined]
+            self.aio.stop(timeout_s=5.0)
 
 
 def make_signals(
@@ -93,31 +98,20 @@ def make_signals(
     exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
     if backend.name == "simulated":
         return ScenarioSignals(backend, clock)
-    sources: list[GameSignalSource] = []
-    try:
-        from app.core.policy.steam import SteamGames
+    from app.core.policy.exclusive_apps import ExclusiveApps
+    from app.core.policy.process_scan import ProcessScanner
+    from app.core.policy.signals import CompositeSignals
+    from app.core.policy.steam import SteamGames
 
-        sources.append(SteamGames(interval_s=settings.process_check_interval_secs))  # type: ignore[call-arg]
-    except Exception:
-        logger.exception("the Steam game watcher could not start")
-    try:
-        from app.core.policy.exclusive_apps import ExclusiveApps
-
-        if settings.exclusive_apps:
-            sources.append(
-                ExclusiveApps(settings.exclusive_apps, interval_s=settings.process_check_interval_secs)
-            )  # type: ignore[call-arg]
-    except Exception:
-        logger.exception("the exclusive-app watcher could not start")
+    scanner = ProcessScanner(interval_s=settings.process_check_interval_secs, clock=clock)
+    sources: list[GameSignalSource] = [SteamGames(scanner), ExclusiveApps(scanner, settings.exclusive_apps)]
     if aio is not None:
         try:
             from app.core.policy.gamemode import GameModeWatcher
 
-            sources.append(GameModeWatcher(aio))  # type: ignore[arg-type]
+            sources.append(GameModeWatcher(aio, clock=clock))  # starts watching at once, never blocks
         except Exception:
             logger.exception("the GameMode watcher could not start")
-    from app.core.policy.signals import CompositeSignals
-
     return CompositeSignals(sources)
 
 
@@ -155,10 +149,8 @@ def build_runtime(
             holders.append(
                 ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock)
             )  # type: ignore[attr-defined]
-    aio = None
+    aio: AsyncioThread | None = None
     if with_api:
-        from app.core.aio_thread import AsyncioThread
-
         aio = AsyncioThread()
         aio.start()
     signals = make_signals(settings, backend, clock, aio)

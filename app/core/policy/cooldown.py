@@ -1,6 +1,7 @@
 """When evicted models may come back on one GPU: after a cooldown with no signal, at most one reload per
-window, the window doubling when a signal returns soon after a reload (it was too early), and shrinking
-back to the base after a long calm (DESIGN.md's defaults: 30 s, up to 10 min, reset after an hour)."""
+window, the window doubling when a signal returns within the window after a reload (that reload was too
+early; once per reload, so each premature reload doubles it once), and back to the base after a long calm
+(DESIGN.md's defaults: 30 s, up to 10 min, reset after an hour)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class ResumeWindow:
     last_contention_at: float | None = None  # last tick at which a game, pressure or heat held
     last_reload_at: float | None = None
     contention_active: bool = False
+    grown_since_reload: bool = False
 
     def __post_init__(self) -> None:
         if self.cooldown_s <= 0:
@@ -42,8 +44,10 @@ class ResumeWindow:
             self.cooldown_s = self.base_s
         if contention:
             returned_early = self.last_reload_at is not None and now - self.last_reload_at < self.cooldown_s
-            if not self.contention_active and returned_early and self.cooldown_s < self.max_s:
+            rising = not self.contention_active
+            if rising and returned_early and not self.grown_since_reload and self.cooldown_s < self.max_s:
                 self.cooldown_s = min(self.cooldown_s * 2, self.max_s)
+                self.grown_since_reload = True
                 grew = True
                 logger.info("signal returned %.1f s after a reload: cooldown now %.0f s",
                             now - (self.last_reload_at or now), self.cooldown_s)  # fmt: skip
@@ -64,3 +68,4 @@ class ResumeWindow:
 
     def reloaded(self, now: float) -> None:
         self.last_reload_at = now
+        self.grown_since_reload = False

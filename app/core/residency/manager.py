@@ -379,6 +379,8 @@ class ResidencyManager:
                 self._load_failed(loading, error)
             host.models.clear()
             self._forget_host(host)
+            host.handle.join(5.0)
+            self._confirm(host.handle.gpu)
             return
         record = self._models.get(reply.model)
         if reply.request != "SealRequest" or record is None:
@@ -391,6 +393,7 @@ class ResidencyManager:
         self._load_failed(record, reply.error())
         if not host.models:
             self._shutdown_host(host)
+            self._confirm(host.handle.gpu)  # nothing of ours may stay on the GPU after a failed load
 
     def _load_failed(self, record: _Model, error: VramError) -> None:
         record.state = ModelState.FAILED
@@ -492,7 +495,7 @@ class ResidencyManager:
     # --- freeing ----------------------------------------------------------------------------------
 
     def _free(self, models: Sequence[str], reason: str, new_state: ModelState) -> list[Event]:
-        start = len(self._pending)
+        out: list[Event] = []  # other events seen meanwhile (progress, a death) wait for the next poll()
         by_gpu: dict[int, list[_Model]] = {}
         for name in models:
             record = self._record(name)
@@ -530,19 +533,16 @@ class ResidencyManager:
             residue = self._confirm(gpu)
             now, wall = self._clock(), time.time()
             for record, nbytes in freed:
-                self._emit(
-                    ev.VramDeallocated(
-                        at=now,
-                        wall_time=wall,
-                        model=record.config.name,
-                        gpu=gpu,
-                        bytes=nbytes,
-                        reason=reason,
-                        residue_bytes=residue,
-                    )
+                event = ev.VramDeallocated(
+                    at=now,
+                    wall_time=wall,
+                    model=record.config.name,
+                    gpu=gpu,
+                    bytes=nbytes,
+                    reason=reason,
+                    residue_bytes=residue,
                 )
-        out = self._pending[start:]
-        del self._pending[start:]
+                out.append(self._emit(event, pending=False))
         return out
 
     def _shutdown_host(self, host: _Host) -> None:
@@ -653,8 +653,10 @@ class ResidencyManager:
                 f"unknown model {model!r} (known: {known})", field_name="model", value=model
             ) from None
 
-    def _emit(self, event: Event) -> None:
-        self._pending.append(event)
+    def _emit(self, event: Event, *, pending: bool = True) -> Event:
+        """Audit it, hand it to the sink, and (unless the caller returns it itself) queue it for poll()."""
+        if pending:
+            self._pending.append(event)
         if self._audit is not None and not isinstance(event, ev.LoadProgress):
             self._audit.write(event)
         if self._sink is not None:
@@ -662,6 +664,7 @@ class ResidencyManager:
                 self._sink(event)
             except Exception:
                 logger.exception("the event sink failed on %s", event.kind)
+        return event
 
     def _status(self, record: _Model) -> ModelStatus:
         loading = record.state == ModelState.LOADING

@@ -207,3 +207,13 @@ def test_the_repository_keeps_one_copy_of_the_default_file() -> None:
     assert (repo / "app" / "data" / "default-config.toml").read_text(encoding="utf-8") == (
         config.default_config_text()
     )
+
+
+def test_docs_name_every_key() -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "config.md").read_text(encoding="utf-8")
+    for spec in SETTING_SPECS:
+        assert f"| `{spec.key}` |" in docs, spec.key
+    for table in TABLE_SPECS:
+        assert f"### [[{table.key}]]" in docs
+        for field in table.fields:
+            assert f"| `{field.key}` |" in docs, f"{table.key}.{field.key}"

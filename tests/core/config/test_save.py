@@ -192,3 +192,10 @@ def test_ensure_default_config_writes_once(tmp_path: Path) -> None:
     assert ensure_default_config(path) is False
     assert path.read_text() == "auto_evict = false\n"
     assert ensure_default_config() is True and paths.default_config_file().exists()
+
+
+def test_a_relative_model_path_is_saved_relative_to_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    saved = update_settings(path, models=(ModelConfig("a", Path("models/a.gguf"), gpu=0),))
+    assert saved.models[0].path == tmp_path / "models" / "a.gguf"
+    assert 'path = "models/a.gguf"' in path.read_text()
