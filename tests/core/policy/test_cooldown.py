@@ -43,6 +43,7 @@ def test_a_signal_returning_within_the_window_after_a_reload_doubles_it_once_per
     w.observe(41.0, contention=False, hold=False)
     assert w.observe(45.0, contention=True, hold=False) is False  # same premature reload: no second doubling
     assert w.cooldown_s == 60.0
+    w.observe(199.0, contention=False, hold=False)
     w.reloaded(200.0)
     assert w.observe(230.0, contention=True, hold=False) is True
     assert w.cooldown_s == 120.0

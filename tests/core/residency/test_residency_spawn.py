@@ -77,7 +77,9 @@ def test_sigkill_of_the_spawned_host_is_noticed_in_one_poll(tmp_path: Path) -> N
         (pid,) = manager.pids()
         os.kill(pid, signal.SIGKILL)
         assert gone(pid)
-        died = [e for e in manager.poll() if isinstance(e, ev.HostDied)]
+        polled = manager.poll()
+        print("POLLED", polled, manager.host_handle(0))
+        died = [e for e in polled if isinstance(e, ev.HostDied)]
         assert len(died) == 1 and died[0].pid == pid and died[0].exit_code == -signal.SIGKILL
         assert manager.models()[0].state == ModelState.EVICTED
         assert manager.load_blocking("m", timeout_s=60) is not None  # a new host

@@ -1,0 +1,85 @@
+"""Properties of the contention policy over random worlds (hypothesis):
+- desktop noise that stays under the pressure threshold and above the headroom never evicts;
+- foreign growth above the threshold, sustained, always evicts, on exactly the configured sample.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.core.config import Settings
+from app.core.gpu.snapshot import ProcessKind
+from app.core.policy.actions import Evict
+from app.core.units import GiB, MiB
+from tests.fixtures.policy_world import PolicyWorld, actions_of, model, proc
+
+DESKTOP = ((101, "/usr/lib/xorg/Xorg", 220), (102, "/usr/bin/gnome-shell", 180), (103, "firefox", 350))
+
+noise_tick = st.tuples(
+    st.tuples(*(st.integers(min_value=-150, max_value=300) for _ in DESKTOP)),  # MiB around the start size
+    st.integers(min_value=0, max_value=100),  # a small newcomer (0: absent)
+)
+
+
+def apply_noise(world: PolicyWorld, tick: tuple[tuple[int, ...], int]) -> None:
+    deltas, newcomer = tick
+    for (pid, name, start_mib), delta in zip(DESKTOP, deltas, strict=True):
+        world.set_process(0, proc(pid, name, (start_mib + delta) * MiB))
+    if newcomer:
+        world.set_process(0, proc(555, "newcomer", newcomer * MiB))
+    else:
+        world.remove_process(0, 555)
+
+
+@settings(deadline=None, max_examples=80)
+@given(
+    total_gib=st.sampled_from([8, 12, 16, 24, 48]),
+    model_fraction=st.floats(min_value=0.05, max_value=1.0),
+    ticks=st.lists(noise_tick, min_size=5, max_size=60),
+)
+def test_desktop_noise_below_the_threshold_never_evicts(total_gib: int, model_fraction: float, ticks) -> None:
+    total = total_gib * GiB
+    base = Settings()
+    # the largest model that leaves the headroom free even at the noisiest desktop (1.75 GiB) + our context
+    room = total - base.headroom_bytes(total) - (750 + 900 + 100) * MiB - 300 * MiB
+    world = PolicyWorld(totals={0: total})
+    world.add_model(model("m", max(int(room * model_fraction), 64 * MiB)))
+    world.tick()
+    decisions = []
+    for tick in ticks:
+        apply_noise(world, tick)
+        decisions += world.run(0.1)
+    assert actions_of(decisions, Evict) == []
+
+
+@settings(deadline=None, max_examples=80)
+@given(
+    total_gib=st.sampled_from([16, 24, 48]),
+    samples=st.integers(min_value=1, max_value=6),
+    model_sizes_mib=st.lists(st.integers(min_value=512, max_value=3072), min_size=1, max_size=3),
+    calm=st.lists(noise_tick, min_size=0, max_size=10),
+    excess_mib=st.lists(st.integers(min_value=1, max_value=4096), min_size=6, max_size=6),
+)
+def test_sustained_foreign_growth_above_the_threshold_always_evicts_on_the_nth_sample(
+    total_gib: int, samples: int, model_sizes_mib: list[int], calm, excess_mib: list[int]
+) -> None:
+    total = total_gib * GiB
+    config = Settings(pressure_samples=samples)
+    world = PolicyWorld(settings=config, totals={0: total})
+    for i, size in enumerate(model_sizes_mib):
+        world.add_model(model(f"m{i}", size * MiB, priority=i))
+    world.tick()
+    for tick in calm:
+        apply_noise(world, tick)
+        assert actions_of(world.run(0.1), Evict) == []
+    threshold = config.pressure_threshold_bytes(total)
+    evicted_at = None
+    for n, excess in enumerate(excess_mib[:samples], start=1):  # grows and varies, always above the threshold
+        world.set_process(0, proc(900, "render", threshold + excess * MiB, ProcessKind.COMPUTE))
+        evicts = actions_of(world.run(0.1), Evict)
+        if evicts:
+            evicted_at = n
+            assert all(e.reason == "pressure" for e in evicts)  # type: ignore[attr-defined]
+            break
+    assert evicted_at == samples
