@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="settings file (default: platform config dir)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to the terminal")
+    parser.add_argument(
+        "--self-test", action="store_true", help="start every part this machine can run, one line each; exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in cli.command_modules():
         module = cli.load(name)
@@ -28,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    multiprocessing.freeze_support()  # a frozen bundle's spawned child (the residency host) stops here
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--self-test" in argv:
+        from app import selftest
+
+        return selftest.main()
     parser = build_parser()
     args = parser.parse_args(argv)
     from app.core.logs import setup_logging

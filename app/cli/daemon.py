@@ -29,14 +29,17 @@ def run(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
     import dataclasses
 
+    from app.core.first_run import take_first_run_notice
     from app.core.wiring import build_runtime
 
+    welcome = take_first_run_notice() if getattr(args, "config", None) is None else None
     settings = load_settings_or_exit(args)
     if getattr(args, "port", None) is not None:
         settings = dataclasses.replace(settings, api_port=args.port)
     simulate = getattr(args, "simulate", None)
-    if notice:
-        print(notice, flush=True)
+    for text in (welcome, notice):
+        if text:
+            print(text, flush=True)
     try:
         runtime = build_runtime(settings, simulate=simulate, with_api=not getattr(args, "no_api", False))
     except Exception as exc:  # a clear line, not a traceback, for what a user can fix

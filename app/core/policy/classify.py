@@ -4,10 +4,11 @@ contention policy watches (DESIGN.md, "Contention policy").
 Foreign VRAM is everything that is not ours (self) or a model server's we manage (managed). Part of it is
 tolerated: the desktop's baseline. Each desktop process is tolerated up to the VRAM it used when we first
 saw it (capped at `baseline_max_process_vram`); a process under a per-app "ignore" rule is tolerated
-whatever it uses (and the policy counts its VRAM as free, so it never triggers); games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes`
-is therefore "how much the foreign processes grew beyond the desktop we started with", which is what the
-pressure threshold is compared with. Measuring per process (rather than one total taken at start) means a
-browser that exits does not leave slack that hides a game starting later.
+whatever it uses (and the policy counts its VRAM as free, so it never triggers); games and other processes
+are not tolerated at all. `foreign_bytes - baseline_bytes` is therefore "how much the foreign processes grew
+beyond the desktop we started with", which is what the pressure threshold is compared with. Measuring per
+process (rather than one total taken at start) means a browser that exits does not leave slack that hides
+a game starting later.
 """
 
 from __future__ import annotations

@@ -577,7 +577,10 @@ class ResidencyManager:
     def _confirm(self, gpu: int) -> int | None:
         """Bytes NVML still shows for our processes on `gpu` after a free, waiting up to confirm_timeout_s
         for the host to disappear; None when it cannot be measured or a host still holds other models."""
-        if self._measure is None or gpu in self._hosts:
+        if gpu in self._hosts:
+            return None
+        if self._measure is None:
+            self._departed.pop(gpu, None)  # cannot be checked: trust that the ended host took it all
             return None
         deadline = self._clock() + self._confirm_timeout_s
         while True:

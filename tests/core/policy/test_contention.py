@@ -19,6 +19,7 @@ from app.core.units import GiB, MiB
 from tests.fixtures.policy_world import Clock, PolicyWorld, actions_of, game, model, proc
 
 CYBERPUNK = game("Cyberpunk 2077", 700, source="steam", app_id="1091500")
+BOTH = ("llama-8b", "embedder")  # the two models of world_with_models(), priority order
 
 
 def world_with_models(settings: Settings | None = None, **kw: object) -> PolicyWorld:
@@ -108,7 +109,9 @@ def test_user_pause_holds_through_game_end_and_resume_lifts_it() -> None:
 def test_pause_evicts_what_is_resident_and_refuses_loads() -> None:
     world = world_with_models()
     decision = world.tick(commands=[Command("pause")])
-    assert actions_of([decision], Evict) == [Evict(0, ("llama-8b", "embedder"), "pause", "you paused VRAM Steward")]
+    assert actions_of([decision], Evict) == [
+        Evict(0, ("llama-8b", "embedder"), "pause", "you paused VRAM Steward")
+    ]
     assert world.policy.paused
 
 
@@ -116,7 +119,9 @@ def test_evict_now_then_the_usual_resume_rules() -> None:
     world = world_with_models()
     world.clock.advance(1)
     decision = world.tick(commands=[Command("evict_now")])
-    assert actions_of([decision], Evict) == [Evict(0, ("llama-8b", "embedder"), "user", "you chose Evict now")]
+    assert actions_of([decision], Evict) == [
+        Evict(0, ("llama-8b", "embedder"), "user", "you chose Evict now")
+    ]
     assert decision.state == EngineState.COOLDOWN
     assert decision.resume_at is None  # known from the next tick on
     later = world.run(29.9)
@@ -277,7 +282,9 @@ def test_on_battery_evicts_only_when_asked_to_and_reloads_on_mains_after_the_coo
     assert actions_of(world.run(60, on_battery=True), Reload) == []
     world.run(29.9, on_battery=False)
     assert world.resident() == []
-    assert actions_of(world.run(0.2, on_battery=False), Reload) == [Reload(0, ("llama-8b", "embedder"), "cooldown")]
+    assert actions_of(world.run(0.2, on_battery=False), Reload) == [
+        Reload(0, ("llama-8b", "embedder"), "cooldown")
+    ]
 
 
 def test_sleep_evicts_before_and_reloads_right_after_waking() -> None:
@@ -309,7 +316,9 @@ def test_no_gpu_means_no_gpu_state_and_no_actions() -> None:
 
 def test_a_failing_backend_changes_nothing_and_says_so() -> None:
     policy = ContentionPolicy(Settings(), clock=Clock())
-    snapshot = TelemetrySnapshot(backend="nvml", state=BackendState.ERROR, taken_at=0.0, message="NVML failed")
+    snapshot = TelemetrySnapshot(
+        backend="nvml", state=BackendState.ERROR, taken_at=0.0, message="NVML failed"
+    )
     decision = policy.decide(
         PolicyInputs(snapshot=snapshot, classification=Classification(roles={}), models=(model("m", GiB),))
     )
@@ -340,9 +349,9 @@ def test_poll_fast_only_while_holding_or_waiting() -> None:
 def test_describe_says_what_happened_for_people() -> None:
     world = world_with_models()
     text = describe(world.tick(games=[CYBERPUNK]))
-    assert text == (
-        "Out of the way for a game — freed llama-8b, embedder on GPU 0 (game: Cyberpunk 2077)"
-    )
+    assert text == ("Out of the way for a game — freed llama-8b, embedder on GPU 0 (game: Cyberpunk 2077)")
     world.clock.advance(1)
     waiting = describe(world.tick())
-    assert waiting.startswith("Waiting for the GPU to stay free — llama-8b, embedder on GPU 0 come back in 29 s")
+    assert waiting.startswith(
+        "Waiting for the GPU to stay free — llama-8b, embedder on GPU 0 come back in 29 s"
+    )

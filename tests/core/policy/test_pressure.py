@@ -1,14 +1,16 @@
 """Foreign VRAM pressure: what triggers it, after how many samples, what it evicts, and flapping.
 
-The card is 12 GiB unless said otherwise: headroom max(2 GiB, 10 %) = 2 GiB, threshold max(1 GiB, 5 %) = 1 GiB.
+The card is 12 GiB unless said otherwise: headroom max(2 GiB, 10 %) = 2 GiB, threshold max(1 GiB, 5 %)
+= 1 GiB.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from app.core.config import Settings
-from app.core.gpu.snapshot import ProcessKind
+from app.core.gpu.snapshot import GpuProcess, ProcessKind
 from app.core.holders import ModelState
 from app.core.policy.actions import EngineState, Evict, Reload
 from app.core.policy.classify import Classification
@@ -25,7 +27,7 @@ def world_with_models(settings: Settings | None = None, total: int = 12 * GiB) -
     return world
 
 
-def blender(used_bytes: int) -> object:
+def blender(used_bytes: int) -> GpuProcess:
     return proc(900, "/usr/bin/blender", used_bytes, ProcessKind.COMPUTE)
 
 
@@ -162,7 +164,14 @@ def test_an_ignored_application_never_triggers_even_when_it_takes_the_headroom()
 # --- flapping ------------------------------------------------------------------------------------------
 
 
-def _cycles(world: PolicyWorld, seconds: float, on: callable, off: callable, period_s: float, on_s: float) -> int:  # type: ignore[valid-type]
+def _cycles(
+    world: PolicyWorld,
+    seconds: float,
+    on: Callable[[], None],
+    off: Callable[[], None],
+    period_s: float,
+    on_s: float,
+) -> int:
     """Run the world with a process that is `on` for on_s of every period_s; count eviction/reload cycles."""
     evictions = 0
     elapsed = 0.0

@@ -1,0 +1,254 @@
+"""`vram-steward models list|load NAME|unload NAME|verify NAME [--simulate SCENARIO]`.
+
+A model loaded by a CLI process would die with it, so once the control channel exists these commands go to
+the running instance (`send_to_running_instance`). Until then, and always with --simulate, they run
+in-process as a one-shot demonstration (`run_in_process`): load = seal with a progress bar, report, free;
+verify = seal, verify, free; unload = seal, then unload and show what NVML says is left of ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = ("list", "load", "unload", "verify")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("models", help="list, load, unload or verify the built-in models")
+    p.add_argument("action", choices=ACTIONS, help="what to do")
+    p.add_argument("name", nargs="?", help="the model's name in the config (for load, unload, verify)")
+    p.add_argument(
+        "--simulate",
+        metavar="SCENARIO",
+        help="use a simulated GPU (a shipped scenario name or a scenario file); the file is still read",
+    )
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action != "list" and not args.name:
+        print(f"error: `models {args.action}` needs a model NAME (see `vram-steward models list`)", file=sys.stderr)
+        return 2
+    routed = send_to_running_instance(args)
+    if routed is not None:
+        return routed
+    return run_in_process(args)
+
+
+def send_to_running_instance(args: argparse.Namespace) -> int | None:
+    """The hook for the control channel: route the command to the running instance and return its exit
+    code, or None when there is none to talk to (then the command runs in-process). None for now."""
+    return None
+
+
+def run_in_process(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run the command in this process, as a one-shot demonstration."""
+    from app.cli.common import load_settings_or_exit
+    from app.core.errors import VramError
+
+    out = out or sys.stdout
+    settings = load_settings_or_exit(args, check_files=False)
+    if args.action == "list":
+        return _list(settings, out, as_json=args.json)
+    model = settings.model(args.name)
+    if model is None:
+        known = ", ".join(m.name for m in settings.models) or "none configured"
+        print(f"error: no model named {args.name!r} in the config (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        session = _Session.open(settings, args.simulate)
+    except VramError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    try:
+        return session.run(args.action, args.name, out)
+    except VramError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()
+
+
+def _list(settings: Any, out: TextIO, *, as_json: bool) -> int:
+    from app.core import paths
+    from app.core.residency.digest import ManifestStore
+    from app.core.units import format_bytes
+
+    store = ManifestStore(paths.state_dir() / "manifests")
+    rows = []
+    for m in settings.models:
+        size = m.path.stat().st_size if m.path.is_file() else None
+        manifest = store.load(m.name)
+        rows.append(
+            {
+                "name": m.name,
+                "gpu": m.gpu,
+                "path": str(m.path),
+                "size_bytes": size,
+                "priority": m.priority,
+                "last_digest": manifest.digest if manifest else None,
+                "state": None,  # known to the running instance only (control channel)
+            }
+        )
+    if as_json:
+        out.write(json.dumps({"models": rows}, indent=2) + "\n")
+        return 0
+    if not rows:
+        out.write("No models configured. Add [[models]] entries (name, path, gpu) to the config file.\n")
+        return 0
+    out.write(f"{'NAME':<24} {'GPU':>3} {'SIZE':>10}  {'LAST DIGEST':<14} PATH\n")
+    for r in rows:
+        size = format_bytes(r["size_bytes"]) if r["size_bytes"] is not None else "missing"
+        digest = (r["last_digest"] or "-")[:12]
+        out.write(f"{r['name']:<24} {r['gpu']:>3} {size:>10}  {digest:<14} {r['path']}\n")
+    return 0
+
+
+class _Session:
+    """A manager with its backend, ledgers and launcher, for one command."""
+
+    def __init__(self, manager: Any, backend: Any, observe: Callable[[], None], simulated: bool) -> None:
+        self.manager = manager
+        self.backend = backend
+        self.observe = observe
+        self.simulated = simulated
+
+    @classmethod
+    def open(cls, settings: Any, simulate: str | None) -> _Session:
+        from app.core import paths
+        from app.core.errors import GpuUnavailable
+        from app.core.events import AuditLog
+        from app.core.residency.host.process import HostLauncher, ProcessHostLauncher, ThreadHostLauncher
+        from app.core.residency.ledger import Ledgers
+        from app.core.residency.manager import ResidencyManager, measure_from_backend
+
+        audit: AuditLog | None = None
+        launcher: HostLauncher
+        if simulate is not None:
+            from app.core.gpu.simulated import SimulatedBackend
+            from app.core.residency.simulated_device import SimulatedDevice
+
+            sim = SimulatedBackend.from_file(simulate)
+            backend: Any = sim
+            clock: Callable[[], float] = sim.now
+            launcher = ThreadHostLauncher(lambda gpu, pid: SimulatedDevice(gpu, backend=sim, pid=pid))
+        else:
+            from app.core.gpu import open_backend
+            from app.core.gpu.snapshot import BackendState
+
+            backend = open_backend(None)
+            first = backend.sample()
+            if first.state != BackendState.OK:
+                backend.close()
+                raise GpuUnavailable(
+                    reason=first.message or "no NVIDIA GPU",
+                    suggestion="Try it on a simulated GPU: vram-steward models load NAME --simulate game-launch",
+                )
+            clock = time.monotonic
+            launcher = ProcessHostLauncher()
+            audit = AuditLog(paths.audit_log_file())
+        ledgers = Ledgers(headroom_bytes=settings.headroom_bytes, clock=clock)
+        holder: list[Any] = []
+        manager = ResidencyManager(
+            settings,
+            ledgers,
+            launcher,
+            clock=clock,
+            audit_log=audit,
+            measure_ours=measure_from_backend(backend, lambda: holder[0].pids()),
+            manifest_dir=paths.state_dir() / "manifests",
+        )
+        holder.append(manager)
+
+        def observe() -> None:
+            ledgers.observe_snapshot(backend.sample())
+
+        return cls(manager, backend, observe, simulate is not None)
+
+    def run(self, action: str, name: str, out: TextIO) -> int:
+        from app.core.units import format_bytes
+
+        self.observe()
+        bar = ProgressBar(out, label=name)
+        sealed = self.manager.load_blocking(name, progress=bar.update, timeout_s=None)
+        bar.finish()
+        if sealed is not None:
+            rate = sealed.bytes_per_s / 1e9
+            out.write(
+                f"Sealed {name} on GPU {sealed.gpu}: {format_bytes(sealed.bytes)} in {sealed.seconds:.2f} s "
+                f"({rate:.2f} GB/s), digest {sealed.digest[:16]}…\n"
+                f"  file changed since the last seal: {'yes' if sealed.file_changed else 'no'}\n"
+            )
+        if action == "verify":
+            verified = self.manager.verify(name)
+            out.write(f"Verified {name}: VRAM matches digest {verified.digest[:16]}… ({verified.seconds:.2f} s)\n")
+        events = self.manager.unload(name)
+        for event in events:
+            residue = getattr(event, "residue_bytes", None)
+            shown = "unknown" if residue is None else format_bytes(residue)
+            out.write(f"Freed {name}: VRAM still held by VRAM Steward on GPU {event.gpu}: {shown}\n")
+        if action in ("load", "verify"):
+            out.write(
+                "(One-shot demonstration: the model was freed as this command ends. Run `vram-steward` or "
+                "`vram-steward daemon` to keep models resident.)\n"
+            )
+        return 0
+
+    def close(self) -> None:
+        try:
+            self.manager.close()
+        finally:
+            self.backend.close()
+
+
+class ProgressBar:
+    """A text progress bar (bytes, GB/s, ETA) on a terminal; a few plain lines otherwise."""
+
+    def __init__(self, out: TextIO, *, label: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._out = out
+        self._label = label
+        self._clock = clock
+        self._started = clock()
+        self._tty = bool(getattr(out, "isatty", lambda: False)())
+        self._next_quarter = 1
+        self._last: tuple[int, int] | None = None
+
+    def update(self, done: int, total: int) -> None:
+        self._last = (done, total)
+        if self._tty:
+            self._out.write("\r" + self.render(done, total))
+            self._out.flush()
+            return
+        while total and self._next_quarter <= 4 and done * 4 >= total * self._next_quarter:
+            self._out.write(self.render(done, total) + "\n")
+            self._next_quarter += 1
+
+    def render(self, done: int, total: int, width: int = 30) -> str:
+        elapsed = max(self._clock() - self._started, 1e-9)
+        fraction = done / total if total else 1.0
+        filled = int(width * fraction)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        eta_text = f"{eta:.1f} s" if eta != float("inf") else "?"
+        return (
+            f"{self._label} [{'#' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}% "
+            f"{done / 1e9:.2f}/{total / 1e9:.2f} GB {rate / 1e9:.2f} GB/s ETA {eta_text}"
+        )
+
+    def finish(self) -> None:
+        if self._tty and self._last is not None:
+            self._out.write("\n")
+            self._out.flush()
+
+
+__all__ = ["ProgressBar", "register", "run", "run_in_process", "send_to_running_instance", "Path"]

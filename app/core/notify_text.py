@@ -1,0 +1,226 @@
+"""Which engine events become desktop notifications, and their words: title, body, buttons (pure, no I/O).
+
+A notification says what happened with numbers ("Cyberpunk 2077 started: freed 14.2 GB (2 models)") and
+offers what the user can do about it. Errors say where the log is. Events the user caused themselves
+(Pause, Evict now) and routine ones (a model loaded) make no notification: the tray shows them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from app.core import events as ev
+from app.core import paths
+from app.core.units import format_gb
+
+# Action keys: what a button asks for. The caller maps them to engine commands (see notify.py).
+ACTION_RESUME = "resume"
+ACTION_SHOW = "show"  # open the dashboard
+ACTION_EVICT_NOW = "evict_now"
+IGNORE_APP_PREFIX = "ignore_app:"  # followed by the application's name
+
+MAX_BURST_LINES = 3  # earlier titles a merged burst lists before "and N more"
+
+
+class Urgency(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class NotificationAction:
+    label: str  # the button's text, "Resume now"
+    key: str  # what it asks for: "resume", "show", "evict_now", "ignore_app:<name>"
+
+
+@dataclass(frozen=True)
+class NotificationText:
+    title: str
+    body: str
+    coalesce_key: str  # bursts of the same key within the coalescing window become one notification
+    actions: tuple[NotificationAction, ...] = ()
+    urgency: Urgency = Urgency.NORMAL
+    default_action: str | None = ACTION_SHOW  # what clicking the notification itself asks for
+    burst_size: int = 1  # how many events this notification stands for
+
+
+RESUME_NOW = NotificationAction("Resume now", ACTION_RESUME)
+OPEN_DASHBOARD = NotificationAction("Open dashboard", ACTION_SHOW)
+FREE_NOW = NotificationAction("Free now", ACTION_EVICT_NOW)
+
+
+def ignore_app_action(name: str) -> NotificationAction:
+    return NotificationAction("Always ignore this app", IGNORE_APP_PREFIX + name)
+
+
+def _count(models: Sequence[str]) -> str:
+    return f"{len(models)} model" + ("" if len(models) == 1 else "s")
+
+
+def _names(models: Sequence[str]) -> str:
+    return ", ".join(models) if models else "no models"
+
+
+def format_duration(seconds: float) -> str:
+    """For people: "45 s", "3 min", "1 h 5 min"."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    minutes = s // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
+
+
+def _log_line(log_path: Path | None) -> str:
+    return f"Details in the log: {log_path if log_path is not None else paths.log_file()}"
+
+
+# Why models were evicted -> the start of the title. Reasons the user caused make no notification.
+_QUIET_EVICTION_REASONS = frozenset({"user", "pause", "sleep", "lost"})  # "lost": GpuLost says it
+
+
+def _evicted(event: ev.ModelsEvicted) -> NotificationText | None:
+    if event.reason in _QUIET_EVICTION_REASONS:
+        return None
+    freed = f"freed {format_gb(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
+    what = f"{freed} ({_count(event.models)})"
+    actions: tuple[NotificationAction, ...] = (RESUME_NOW, OPEN_DASHBOARD)
+    if event.reason == "game":
+        title = f"{event.trigger} started: {what}"
+        body = f"{_names(event.models)} left GPU {event.gpu}. They come back when the game ends."
+        actions = (RESUME_NOW, ignore_app_action(event.trigger), OPEN_DASHBOARD)
+    elif event.reason == "pressure":
+        title = f"{event.trigger} needs VRAM: {what}"
+        body = f"{_names(event.models)} left GPU {event.gpu}. They come back when there is room again."
+        actions = (RESUME_NOW, ignore_app_action(event.trigger), OPEN_DASHBOARD)
+    elif event.reason == "thermal":
+        title = f"GPU {event.gpu} too hot: {what}"
+        body = f"{_names(event.models)} left the GPU ({event.trigger}). They come back when it cools down."
+    elif event.reason == "battery":
+        title = f"On battery: {what}"
+        body = f"{_names(event.models)} left GPU {event.gpu}. They come back on mains power."
+    else:
+        title = f"Models evicted ({event.reason}): {what}"
+        body = f"{_names(event.models)} left GPU {event.gpu} ({event.trigger})."
+    return NotificationText(title=title, body=body, coalesce_key=event.kind, actions=actions)
+
+
+def _load_refused(event: ev.LoadRefused) -> NotificationText:
+    if event.need_bytes is not None and event.available_bytes is not None:
+        title = (
+            f"Could not load {event.model}: need {format_gb(event.need_bytes)}, "
+            f"{format_gb(max(event.available_bytes, 0))} free"
+        )
+    else:
+        title = f"Could not load {event.model}"
+    if event.reason == "insufficient_vram":
+        body = (
+            f"Not enough free VRAM on GPU {event.gpu}. Close applications that use the GPU, "
+            "or load a smaller or more quantized variant."
+        )
+    elif event.reason == "dedicated":
+        body = f"Dedicated mode: another compute job is on GPU {event.gpu}; it loads when that job ends."
+    else:
+        body = f"GPU {event.gpu}: {event.reason.replace('_', ' ')}."
+    return NotificationText(
+        title=title, body=body, coalesce_key=event.kind, actions=(OPEN_DASHBOARD,), urgency=Urgency.NORMAL
+    )
+
+
+def _error(title: str, what: str, event: ev.Event, log_path: Path | None) -> NotificationText:
+    return NotificationText(
+        title=title,
+        body=f"{what}\n{_log_line(log_path)}",
+        coalesce_key=event.kind,
+        actions=(OPEN_DASHBOARD,),
+        urgency=Urgency.CRITICAL,
+    )
+
+
+def notification_for(event: ev.Event, *, log_path: Path | None = None) -> NotificationText | None:
+    """The notification an event deserves, or None. `log_path` defaults to paths.log_file()."""
+    if isinstance(event, ev.ModelsEvicted):
+        return _evicted(event)
+    if isinstance(event, ev.Resumed):
+        return NotificationText(
+            title="GPU free again: models reloaded",
+            body=(
+                f"Reloading {_names(event.models)} on GPU {event.gpu} "
+                f"(out for {format_duration(event.after_s)})."
+            ),
+            coalesce_key=event.kind,
+            urgency=Urgency.LOW,
+        )
+    if isinstance(event, ev.LoadRefused):
+        return _load_refused(event)
+    if isinstance(event, ev.GameWarning):
+        return NotificationText(
+            title=f"{event.name} started: it may lack VRAM",
+            body=(
+                f"Auto-pause for gaming is off, so your models stay on GPU {event.gpu}. "
+                "Free now gives the game all the VRAM; they come back when it ends."
+            ),
+            coalesce_key=event.kind,
+            actions=(FREE_NOW, OPEN_DASHBOARD),
+        )
+    if isinstance(event, ev.VramSealed):
+        if not event.file_changed:
+            return None
+        return NotificationText(
+            title=f"{event.model} loaded: its file changed",
+            body=f"The file of {event.model} changed since its last load (new digest {event.digest[:12]}).",
+            coalesce_key=event.kind,
+        )
+    if isinstance(event, ev.VramAllocationFailed):
+        if event.reason == "insufficient_vram":
+            return None  # LoadRefused says it, with the numbers
+        return _error(f"Loading {event.model} failed", event.message or event.reason, event, log_path)
+    if isinstance(event, ev.GpuLost):
+        return _error(f"GPU {event.gpu} lost", event.message, event, log_path)
+    if isinstance(event, ev.BackendProblem):
+        return _error("GPU monitoring problem", event.message, event, log_path)
+    if isinstance(event, ev.HostDied):
+        code = "unknown" if event.exit_code is None else str(event.exit_code)
+        what = f"{_names(event.models)} left VRAM (exit code {code}); they are reloaded when possible."
+        return _error(f"Model host on GPU {event.gpu} stopped", what, event, log_path)
+    if isinstance(event, ev.SealVerificationFailed):
+        what = (
+            f"{len(event.damaged_chunks)} damaged chunk(s) in VRAM on GPU {event.gpu}. Unload and reload it; "
+            "check the GPU for memory errors (nvidia-smi -q -d ECC)."
+        )
+        return _error(f"{event.model} failed verification", what, event, log_path)
+    if isinstance(event, ev.EngineError):
+        return _error(
+            "VRAM Steward hit an internal error", f"In {event.where}: {event.message}", event, log_path
+        )
+    return None
+
+
+def merge_burst(texts: Sequence[NotificationText]) -> NotificationText:
+    """One notification for a burst of the same kind: the latest one, saying how many more there were.
+
+    The buttons are the latest one's (they act on the latest event)."""
+    if not texts:
+        raise ValueError("merge_burst needs at least one notification")
+    total = sum(t.burst_size for t in texts)
+    last = texts[-1]
+    if total == 1:
+        return last
+    more = total - last.burst_size
+    earlier = [t.title for t in texts[:-1]]
+    shown = earlier[-MAX_BURST_LINES:]
+    lines = "\n".join(f"• {title}" for title in shown)
+    rest = more - len(shown)
+    tail = f"\n…and {rest} earlier" if rest > 0 else ""
+    return replace(
+        last,
+        title=f"{last.title} (and {more} more)",
+        body=f"{last.body}\nAlso:\n{lines}{tail}",
+        burst_size=total,
+    )
