@@ -14,7 +14,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 logger = logging.getLogger(__name__)
@@ -251,4 +250,3 @@ class ProgressBar:
             self._out.flush()
 
 
-__all__ = ["ProgressBar", "register", "run", "run_in_process", "send_to_running_instance", "Path"]

@@ -159,6 +159,7 @@ class ModelsEvicted(Event):
     reason: str  # game | pressure | user | pause | sleep | thermal | battery | dedicated
     trigger: str  # the process or signal that caused it, for people ("Cyberpunk 2077")
     freed_bytes: int | None  # as measured through NVML after the free; None when it could not be measured
+    duration_s: float | None = None  # how long the holders took to free the models (engine clock)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -392,8 +392,12 @@ class Steward:
             holder = self._holder_for(name)
             if holder is not None:
                 by_holder.setdefault(id(holder), (holder, []))[1].append(name)
+        duration_s = 0.0  # time spent freeing, not publishing
         for holder, names in by_holder.values():
-            for event in holder.evict(names, action.reason):
+            started = self.clock()
+            freed_events = holder.evict(names, action.reason)
+            duration_s += self.clock() - started
+            for event in freed_events:
                 self._emit(event)
         freed = self._measure_freed(action.gpu, before)
         self._emit(
@@ -404,6 +408,7 @@ class Steward:
                 reason=action.reason,
                 trigger=action.trigger,
                 freed_bytes=freed,
+                duration_s=duration_s,
             )
         )
 

@@ -113,6 +113,36 @@ class ResidencyManager:
         self._departed: dict[int, set[int]] = {}  # gpu -> pids of ended hosts not yet confirmed gone in NVML
         self._pending: list[Event] = []
 
+    @classmethod
+    def for_settings(
+        cls,
+        settings: Settings,
+        *,
+        ledgers: Mapping[int, Ledger],
+        backend: GpuBackend,
+        clock: Callable[[], float] = time.monotonic,
+        audit_log: AuditLog | None = None,
+        event_sink: Callable[[Event], None] | None = None,
+    ) -> ResidencyManager:
+        """The app's wiring: CUDA hosts in spawned processes, residue measured through `backend` (NVML),
+        manifests kept in the state dir."""
+        from app.core import paths  # platformdirs: only where the app runs, never in the host
+        from app.core.residency.host.process import ProcessHostLauncher
+
+        managers: list[ResidencyManager] = []
+        manager = cls(
+            settings,
+            ledgers,
+            ProcessHostLauncher(),
+            clock=clock,
+            event_sink=event_sink,
+            audit_log=audit_log,
+            measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
+            manifest_dir=paths.state_dir() / "manifests",
+        )
+        managers.append(manager)
+        return manager
+
     # --- ModelHolder -----------------------------------------------------------------------------
 
     def models(self) -> Sequence[ModelStatus]:

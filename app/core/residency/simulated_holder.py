@@ -85,9 +85,8 @@ class SimulatedHolder:
         if status.state in (ModelState.RESIDENT, ModelState.LOADING):
             return
         size = status.size_bytes or 0
-        reservation = self._ledgers.for_gpu(status.gpu).reserve(
-            size, holder=model, pid=self.host_pid(status.gpu)
-        )
+        # no pid: the simulated host is not a real process, and the ledger expires reservations of dead pids
+        reservation = self._ledgers.for_gpu(status.gpu).reserve(size, holder=model)
         now = self._clock()
         self._loads[model] = _Load(reservation.id, now, now + size / self._rate)
         self._status[model] = replace(

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 
 from app.core.config import AppRule, Settings
 from app.core.gpu.null import NullBackend
-from app.core.gpu.snapshot import ProcessKind
-from app.core.policy.classify import NOT_VISIBLE_NOTE, ProcessClassifier, executable_name, match_app_rule
+from app.core.gpu.snapshot import GpuProcess, ProcessKind
+from app.core.policy.classify import (
+    NOT_VISIBLE_NOTE,
+    Classification,
+    ProcessClassifier,
+    executable_name,
+    match_app_rule,
+)
 from app.core.policy.roles import Role
+from app.core.policy.signals import GameSignal
 from app.core.units import GiB, MiB
 from tests.fixtures.policy_world import Clock, desktop_processes, game, gpu_snapshot, proc, telemetry
 
@@ -24,7 +32,15 @@ def classifier(settings: Settings | None = None, parents: dict[int, int] | None 
     )
 
 
-def classify(c: ProcessClassifier, processes, *, games=(), expected=None, managed=(), total=12 * GiB):
+def classify(
+    c: ProcessClassifier,
+    processes: Sequence[GpuProcess],
+    *,
+    games: Sequence[GameSignal] = (),
+    expected: Mapping[int, int] | None = None,
+    managed: Iterable[int] = (),
+    total: int = 12 * GiB,
+) -> Classification:
     snap = telemetry([gpu_snapshot(0, total, processes)])
     return c.classify(
         snap, self_pids={HOST_PID}, managed_pids=set(managed), games=list(games), our_expected_bytes=expected

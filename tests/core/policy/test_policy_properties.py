@@ -46,7 +46,7 @@ def apply_noise(world: PolicyWorld, tick: tuple[int, tuple[int, ...]]) -> None:
     levels=st.lists(st.tuples(noise_tick, st.integers(min_value=1, max_value=8)), min_size=2, max_size=20),
 )
 def test_desktop_noise_below_the_threshold_never_evicts(
-    total_gib: int, model_fraction: float, levels
+    total_gib: int, model_fraction: float, levels: list[tuple[tuple[int, tuple[int, ...]], int]]
 ) -> None:
     total = total_gib * GiB
     base = Settings()
