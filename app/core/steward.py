@@ -123,6 +123,7 @@ class Steward:
         self._listeners: list[Callable[[Event], None]] = []
         self._snapshot_listeners: list[Callable[[StewardSnapshot], None]] = []
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._tick = 0
         self._closed = False
         self._snapshot: StewardSnapshot | None = None
@@ -137,7 +138,12 @@ class Steward:
         """Queue a command for the next tick. The future completes after the tick that handled it."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._requests.put(_Request(command, future))
+        self.wake()
         return future
+
+    def wake(self) -> None:
+        """Tick now instead of at the next interval (a command arrived, a game signal changed)."""
+        self._wake.set()
 
     @property
     def snapshot(self) -> StewardSnapshot | None:
@@ -220,9 +226,10 @@ class Steward:
 
     def run(self, stop: threading.Event, *, sleep: Callable[[float], Any] | None = None) -> None:
         """Tick until `stop` is set, at the pace the policy asks for; then shut down in order."""
-        wait = sleep or stop.wait
+        wait = sleep or self._wake.wait
         try:
             while not stop.is_set():
+                self._wake.clear()
                 try:
                     snapshot = self.tick()
                     interval = snapshot.next_poll_s
@@ -230,7 +237,7 @@ class Steward:
                     logger.exception("tick failed")
                     self._emit(ev.EngineError(at=self.clock(), where="tick", message=str(exc)))
                     interval = 1.0
-                if self._requests.empty():
+                if self._requests.empty() and not stop.is_set():
                     wait(interval)
         finally:
             self.shutdown()

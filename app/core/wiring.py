@@ -78,6 +78,7 @@ class Runtime:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Ordered shutdown: stop ticking (the worker then releases all VRAM), stop the API, the loop."""
         self.stop_event.set()
+        self.steward.wake()
         if self.worker is not None:
             self.worker.join(timeout_s)
         else:
@@ -92,7 +93,11 @@ class Runtime:
 
 
 def make_signals(
-    settings: Settings, backend: GpuBackend, clock: Callable[[], float], aio: object | None
+    settings: Settings,
+    backend: GpuBackend,
+    clock: Callable[[], float],
+    aio: AsyncioThread | None,
+    wake: Callable[[], None] = lambda: None,
 ) -> GameSignalSource:
     """The game signals that can run here: scenario signals in simulation; GameMode, Steam and the
     exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
@@ -109,7 +114,8 @@ def make_signals(
         try:
             from app.core.policy.gamemode import GameModeWatcher
 
-            sources.append(GameModeWatcher(aio, clock=clock))  # starts watching at once, never blocks
+            # starts watching at once, never blocks; a change wakes the engine before its next tick
+            sources.append(GameModeWatcher(aio, clock=clock, on_change=wake))
         except Exception:
             logger.exception("the GameMode watcher could not start")
     return CompositeSignals(sources)
@@ -153,7 +159,13 @@ def build_runtime(
     if with_api:
         aio = AsyncioThread()
         aio.start()
-    signals = make_signals(settings, backend, clock, aio)
+    engines: list[Steward] = []  # the signal watchers wake the engine, which is built right after them
+
+    def wake() -> None:
+        for engine in engines:
+            engine.wake()
+
+    signals = make_signals(settings, backend, clock, aio, wake=wake)
     steward = Steward(
         settings,
         backend,
@@ -163,6 +175,7 @@ def build_runtime(
         clock=clock,
         audit=AuditLog(paths.audit_log_file()) if audit else None,
     )
+    engines.append(steward)
     runtime = Runtime(
         settings=settings, steward=steward, backend=backend, simulated=simulate is not None, aio=aio
     )
