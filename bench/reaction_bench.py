@@ -21,9 +21,7 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ GiB = 1 << 30
 
 
 def foreign_child(conn: Any) -> None:
-    """A foreign CUDA process: waits for ("alloc", nbytes) and answers with the time the allocation returned."""
+    """A foreign CUDA process: on ("alloc", nbytes) it allocates and answers with the time it returned."""
     import cupy
 
     cupy.cuda.runtime.setDevice(0)
@@ -87,7 +85,7 @@ def wait_until(pred: Any, timeout_s: float, step_s: float = 0.0005) -> bool:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -170,7 +168,7 @@ def main() -> int:
         if kind != "allocated":
             failures.append(str(stamp))
             continue
-        ok = wait_until(lambda: our_bytes(nvml, handle, pids) == 0, 10)
+        ok = wait_until(lambda p=pids: our_bytes(nvml, handle, p) == 0, 10)
         back = time.time()
         if ok:
             alloc_ms.append((back - stamp) * 1000)
@@ -190,7 +188,7 @@ def main() -> int:
         stamp = time.time()
         manual.games = (GameSignal(name="bench game", source="gamemode", pid=None, started_at=0.0),)
         steward.wake()  # what the GameMode watcher's on_change does
-        ok = wait_until(lambda: our_bytes(nvml, handle, pids) == 0, 10)
+        ok = wait_until(lambda p=pids: our_bytes(nvml, handle, p) == 0, 10)
         if ok:
             signal_ms.append((time.time() - stamp) * 1000)
         manual.games = ()
@@ -225,5 +223,4 @@ def replace_command(kind: str) -> Any:
 
 
 if __name__ == "__main__":
-    _ = replace, threading
     sys.exit(main())
