@@ -2,18 +2,45 @@
 
 Finds the running instance through the endpoint file and the token file in the state dir, and turns
 problem JSON back into the same VramError classes the engine raised.
+
+Loads and reservations are retried on retriable errors only (insufficient_vram, cuda_allocation_failed,
+503/507 answers that do not say `"retriable": false`), with exponential backoff that never waits less than
+the server's `retry_after`, a cap on attempts per model and on the total time, and an optional fallback to
+smaller variants ("llama-70b" -> "llama-13b"). Every failed try is reported as a `RetryAttempt`: to the
+`on_retry` callback as it happens, in `client.last_attempts`, in the result's "attempts", and on the error
+raised when nothing worked (`exc.attempts`). Sleep, clock and randomness are injected for tests.
+
+    client = StewardClient(variants={"llama-70b": ["llama-13b"]}, on_retry=print)
+    result = client.load("llama-70b")          # result["loaded"] is the model that got in
+    r = client.reserve(0, 6 * 2**30, "my-server", ttl_s=120, wait_s=30)
+    ...allocate...; client.allocated(r["id"])  # or client.release(r["id"])
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
+import random
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.core import paths
 from app.core.errors import InsufficientVram, VramError
+
+logger = logging.getLogger(__name__)
+
+RETRIABLE_CODES = frozenset({"insufficient_vram", "cuda_allocation_failed"})
+RETRIABLE_STATUSES = frozenset({503, 507})
+LONG_POLL_MAX_S = 60.0  # the server's cap on one long poll
+WAIT_GRACE_S = 1.0  # after wait_s, how long to keep asking for the server's final answer
 
 
 class NotRunning(VramError):
@@ -42,6 +69,78 @@ class ApiError(VramError):
         self.retriable = bool(problem.get("retriable", status in (503, 507)))
 
 
+class InsufficientVramAnswer(InsufficientVram):
+    """insufficient_vram as the API answered it (catch InsufficientVram), with its problem JSON."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        details = problem.get("details") or {}
+        gpu = details.get("gpu")
+        super().__init__(
+            gpu=gpu if isinstance(gpu, int) else -1,
+            needed_bytes=int(problem.get("need_bytes") or 0),
+            available_bytes=int(problem.get("available_bytes") or 0),
+            holder=str(details.get("holder") or ""),
+            retry_after_s=problem.get("retry_after"),
+            suggestions=list(problem.get("suggestions") or []) or None,
+        )
+        self.message = str(problem.get("message") or self.message)
+        self.details.update(details)
+        self.status = status
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. `max_attempts` counts tries per model (or per reservation); `max_total_s` caps the
+    whole call, fallbacks included. The delay after the n-th failure is
+    min(max_delay_s, initial_delay_s * multiplier**(n-1)) * (1 + jitter_fraction * random()),
+    and never less than the server's retry_after."""
+
+    max_attempts: int = 4
+    max_total_s: float = 120.0
+    initial_delay_s: float = 1.0
+    multiplier: float = 2.0
+    max_delay_s: float = 30.0
+    jitter_fraction: float = 0.1
+
+    def delay_s(self, failures: int, retry_after_s: float | None, jitter: float = 0.0) -> float:
+        backoff = min(self.max_delay_s, self.initial_delay_s * self.multiplier ** max(failures - 1, 0))
+        backoff *= 1.0 + self.jitter_fraction * jitter
+        return max(backoff, retry_after_s or 0.0)
+
+
+NO_RETRIES = RetryPolicy(max_attempts=1, max_total_s=0.0)
+
+
+@dataclass(frozen=True)
+class RetryAttempt:
+    """One failed try and what the client did next."""
+
+    target: str  # the model name, or "gpu0 reservation"
+    attempt: int  # 1-based, counted per target
+    status: int  # HTTP status of the answer
+    error: str  # its problem code
+    message: str
+    retry_after_s: float | None  # what the server asked for
+    next_action: str  # "retry" | "fallback" | "give_up"
+    delay_s: float  # how long the client slept before the next try (0 unless retrying)
+    next_target: str | None  # the variant tried next, for a fallback
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def is_retriable(exc: VramError) -> bool:
+    """Retriable errors only: insufficient_vram, cuda_allocation_failed, and 503/507 answers that do not
+    say `"retriable": false` (a lost GPU is 503 but retrying cannot help)."""
+    problem = getattr(exc, "problem", None) or {}
+    if exc.code in RETRIABLE_CODES:
+        return True
+    if problem.get("retriable") is True:
+        return True
+    return getattr(exc, "status", None) in RETRIABLE_STATUSES and problem.get("retriable") is not False
+
+
 class StewardClient:
     def __init__(
         self,
@@ -50,6 +149,12 @@ class StewardClient:
         *,
         timeout_s: float = 15.0,
         state_dir: Path | None = None,
+        retry: RetryPolicy | None = None,
+        variants: Mapping[str, Sequence[str]] | None = None,
+        on_retry: Callable[[RetryAttempt], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         endpoint_file = (state_dir / "api-endpoint.json") if state_dir else paths.api_endpoint_file()
         token_file = (state_dir / "api-token") if state_dir else paths.api_token_file()
@@ -67,33 +172,36 @@ class StewardClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.variants = {k: list(v) for k, v in variants.items()} if variants is not None else None
+        self.on_retry = on_retry
+        self.sleep = sleep
+        self.clock = clock
+        self.jitter = jitter
+        self.last_attempts: tuple[RetryAttempt, ...] = ()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    # --- transport -----------------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """One HTTP exchange. Raises InsufficientVram for insufficient_vram, ApiError for other problems
+        (both with `.status` and `.problem`), NotRunning when nothing answers."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                problem = json.loads(raw)
-            except ValueError:
-                problem = {"error": "http_error", "message": raw.decode(errors="replace")[:200]}
-            if problem.get("error") == "insufficient_vram":
-                raise InsufficientVram(
-                    gpu=int((problem.get("details") or {}).get("gpu", -1)),
-                    needed_bytes=int(problem.get("need_bytes") or 0),
-                    available_bytes=int(problem.get("available_bytes") or 0),
-                    retry_after_s=problem.get("retry_after"),
-                ) from None
-            raise ApiError(exc.code, problem) from None
+            raise _error_from(exc.code, exc.read(), exc.headers.get("Retry-After")) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise NotRunning(f"cannot reach {self.base_url}: {exc}") from exc
         return dict(json.loads(payload)) if payload else {}
+
+    # --- plain calls ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/v1/status")
@@ -101,11 +209,8 @@ class StewardClient:
     def models(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/models")["models"])
 
-    def load(self, model: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/models/{model}/load", {})
-
     def unload(self, model: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/models/{model}/unload", {})
+        return self.request("POST", f"/v1/models/{_quote(model)}/unload", {})
 
     def pause(self) -> dict[str, Any]:
         return self.request("POST", "/v1/pause", {})
@@ -115,3 +220,152 @@ class StewardClient:
 
     def evict(self) -> dict[str, Any]:
         return self.request("POST", "/v1/evict", {})
+
+    # --- with retries --------------------------------------------------------------------------
+
+    def load(self, model: str, *, fallback: bool = True) -> dict[str, Any]:
+        """Load `model`, retrying retriable refusals; then, with `fallback`, its smaller variants in order
+        (from `variants=`, else from the server's model list). The result is the server's answer plus
+        "requested", "loaded" (the model that got in) and "attempts" (every failed try)."""
+        loaded, result = self._with_retries(
+            [model],
+            lambda name: self.request("POST", f"/v1/models/{_quote(name)}/load", {}),
+            fallbacks=(lambda: self._variants_of(model)) if fallback else None,
+        )
+        return {**result, "requested": model, "loaded": loaded, "attempts": self._attempts_json()}
+
+    def reserve(
+        self, gpu: int, nbytes: int, holder: str, ttl_s: float = 300.0, wait_s: float | None = None
+    ) -> dict[str, Any]:
+        """Reserve `nbytes` on `gpu` before allocating them. Without `wait_s`, refusals are retried with
+        backoff; with it, the server queues the request (FIFO per GPU) and this call waits up to `wait_s`
+        for it (a wait that runs out raises InsufficientVram, not retried: the caller chose how long)."""
+        body: dict[str, Any] = {"gpu": gpu, "bytes": nbytes, "holder": holder, "ttl_s": ttl_s}
+        target = f"gpu{gpu} reservation"
+        if not wait_s:
+            _, result = self._with_retries([target], lambda _: self.request("POST", "/v1/reservations", body))
+            return {**result, "attempts": self._attempts_json()}
+        self.last_attempts = ()
+        deadline = self.clock() + wait_s + WAIT_GRACE_S  # the server's own deadline comes first
+        result = self.request("POST", "/v1/reservations", {**body, "wait_s": wait_s})
+        while result.get("state") == "waiting":
+            remaining = deadline - self.clock()
+            poll_s = min(max(remaining, 0.0), LONG_POLL_MAX_S)
+            result = self.request(
+                "GET",
+                f"/v1/reservations/{_quote(result['id'])}?wait_s={poll_s:.3f}",
+                timeout_s=poll_s + self.timeout_s,
+            )
+            if remaining <= 0 and result.get("state") == "waiting":
+                break  # the server's wait ends at the same time; its answer follows on the next look
+        return {**result, "attempts": []}
+
+    def reservation(self, reservation_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        query = f"?wait_s={wait_s:.3f}" if wait_s else ""
+        return self.request(
+            "GET", f"/v1/reservations/{_quote(reservation_id)}{query}", timeout_s=wait_s + self.timeout_s
+        )
+
+    def release(self, reservation_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/reservations/{_quote(reservation_id)}")
+
+    def allocated(self, reservation_id: str) -> dict[str, Any]:
+        """Tell the server the reserved bytes are allocated now (it counts them until NVML shows them)."""
+        return self.request("POST", f"/v1/reservations/{_quote(reservation_id)}/allocated", {})
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _variants_of(self, model: str) -> list[str]:
+        if self.variants is not None:
+            return list(self.variants.get(model, []))
+        for item in self.models():
+            if item.get("name") == model:
+                return [str(v) for v in item.get("variants") or []]
+        return []
+
+    def _attempts_json(self) -> list[dict[str, Any]]:
+        return [a.to_json() for a in self.last_attempts]
+
+    def _with_retries(
+        self,
+        targets: Sequence[str],
+        call: Callable[[str], dict[str, Any]],
+        *,
+        fallbacks: Callable[[], Sequence[str]] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Call `call(target)` for each target in turn until one succeeds; `fallbacks` (asked only after
+        the first retriable failure) adds more targets at the end."""
+        policy = self.retry
+        deadline = self.clock() + policy.max_total_s
+        attempts: list[RetryAttempt] = []
+        targets = list(targets)
+        self.last_attempts = ()
+        index = -1
+        while index + 1 < len(targets):
+            index += 1
+            target = targets[index]
+            failures = 0
+            while True:
+                try:
+                    result = call(target)
+                except VramError as exc:
+                    if not is_retriable(exc):
+                        raise  # not retried, and no fallback: a variant cannot fix a bad request
+                    if fallbacks is not None:
+                        targets.extend(t for t in fallbacks() if t not in targets)
+                        fallbacks = None
+                    next_target = targets[index + 1] if index + 1 < len(targets) else None
+                    failures += 1
+                    retry_after = exc.retry_after_s
+                    delay = policy.delay_s(failures, retry_after, self.jitter())
+                    # insufficient_vram without retry_after: it can never fit on that GPU; retrying is futile
+                    futile = exc.code == "insufficient_vram" and retry_after is None
+                    can_retry = (
+                        not futile and failures < policy.max_attempts and self.clock() + delay <= deadline
+                    )
+                    action = "retry" if can_retry else ("fallback" if next_target else "give_up")
+                    record = RetryAttempt(
+                        target=target,
+                        attempt=failures,
+                        status=int(getattr(exc, "status", 0) or 0),
+                        error=exc.code,
+                        message=exc.message,
+                        retry_after_s=retry_after,
+                        next_action=action,
+                        delay_s=delay if can_retry else 0.0,
+                        next_target=next_target if action == "fallback" else None,
+                    )
+                    attempts.append(record)
+                    self.last_attempts = tuple(attempts)
+                    logger.info("%s: %s (%s); %s", target, exc.code, exc.message, action)
+                    if self.on_retry is not None:
+                        self.on_retry(record)
+                    if action == "retry":
+                        self.sleep(delay)
+                        continue
+                    if action == "fallback":
+                        break
+                    exc.attempts = tuple(attempts)  # type: ignore[attr-defined]
+                    raise
+                self.last_attempts = tuple(attempts)
+                return target, result
+        raise AssertionError("unreachable: the last target either returns or raises")
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def _error_from(status: int, raw: bytes, retry_after_header: str | None) -> VramError:
+    try:
+        problem = json.loads(raw)
+        if not isinstance(problem, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        problem = {"error": "http_error", "message": raw.decode(errors="replace")[:200]}
+    if "retry_after" not in problem and retry_after_header:
+        with contextlib.suppress(ValueError):
+            problem["retry_after"] = float(retry_after_header)
+    if problem.get("error") == "insufficient_vram":
+        return InsufficientVramAnswer(status, problem)
+    return ApiError(status, problem)

@@ -49,6 +49,9 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+    from app.core.notify import attach_notifications
+
+    attach_notifications(runtime)  # desktop notifications where a server runs, else the log
     if runtime.backend.name == "none":
         print(
             "No NVIDIA GPU found: watching nothing. Try `vram-steward daemon --simulate game-launch`.",

@@ -152,11 +152,37 @@ def run_gui(args: argparse.Namespace) -> int:
     for notice in notices:
         print(notice, flush=True)
     steward_app.start()
+    keep = quit_on_signals(steward_app.quit)
     try:
         return int(app.exec())
     finally:
         steward_app.shutdown()
         instance.close()
+        del keep
+
+
+def quit_on_signals(quit_app: Any) -> Any:
+    """Ctrl+C and SIGTERM quit in order. Qt's loop does not run Python signal handlers by itself: the C
+    handler writes to a socket that a QSocketNotifier watches, which wakes the loop so the handler runs."""
+    import signal
+    import socket
+
+    from PySide6.QtCore import QSocketNotifier
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno())
+    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read)
+    notifier.activated.connect(lambda *_: reader.recv(64))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info("signal %d: quitting", signum)
+        quit_app()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return (reader, writer, notifier)
 
 
 def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) -> Any:

@@ -36,7 +36,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.name:
-        print(f"error: `models {args.action}` needs a model NAME (see `vram-steward models list`)", file=sys.stderr)
+        print(
+            f"error: `models {args.action}` needs a model NAME (see `vram-steward models list`)",
+            file=sys.stderr,
+        )
         return 2
     routed = send_to_running_instance(args)
     if routed is not None:
@@ -151,7 +154,7 @@ class _Session:
                 backend.close()
                 raise GpuUnavailable(
                     reason=first.message or "no NVIDIA GPU",
-                    suggestion="Try it on a simulated GPU: vram-steward models load NAME --simulate game-launch",
+                    suggestion="Try a simulated GPU: vram-steward models load NAME --simulate game-launch",
                 )
             clock = time.monotonic
             launcher = ProcessHostLauncher()
@@ -190,7 +193,9 @@ class _Session:
             )
         if action == "verify":
             verified = self.manager.verify(name)
-            out.write(f"Verified {name}: VRAM matches digest {verified.digest[:16]}… ({verified.seconds:.2f} s)\n")
+            out.write(
+                f"Verified {name}: VRAM matches digest {verified.digest[:16]}… ({verified.seconds:.2f} s)\n"
+            )
         events = self.manager.unload(name)
         for event in events:
             residue = getattr(event, "residue_bytes", None)
@@ -248,5 +253,3 @@ class ProgressBar:
         if self._tty and self._last is not None:
             self._out.write("\n")
             self._out.flush()
-
-

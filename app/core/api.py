@@ -9,6 +9,7 @@ latest immutable snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -22,14 +23,24 @@ from aiohttp import web
 
 from app import __version__
 from app.core import paths
+from app.core.api_reservations import (
+    ReservationBook,
+    ReservationState,
+    parse_reservation_request,
+    parse_seconds,
+)
+from app.core.api_schema import MAX_LONG_POLL_S, openapi_document
 from app.core.errors import InvalidInput, VramError
 from app.core.policy.contention import Command
-from app.core.steward import Steward
+from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S
+from app.core.steward import Steward, StewardSnapshot
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 COMMAND_TIMEOUT_S = 10.0
+LONG_POLL_STEP_S = 0.05  # how often a long poll looks at its reservation again
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def problem(status: int, error: str, message: str, **extra: Any) -> web.Response:
@@ -115,6 +126,7 @@ class ApiServer:
         self.token = token
         self.endpoint_file = endpoint_file
         self.metrics = metrics
+        self.reservations = ReservationBook(steward.ledgers, clock=steward.clock)
         self.app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY_BYTES)
         self._routes()
         self._runner: web.AppRunner | None = None
@@ -132,13 +144,20 @@ class ApiServer:
         r.add_post("/v1/resume", self.command("resume"))
         r.add_post("/v1/evict", self.command("evict_now"))
         r.add_post("/v1/show", self.command("show"))
+        r.add_get("/v1/openapi.json", self.openapi)
+        r.add_get("/v1/reservations", self.list_reservations)
+        r.add_post("/v1/reservations", self.create_reservation)
+        r.add_get("/v1/reservations/{id}", self.get_reservation)
+        r.add_delete("/v1/reservations/{id}", self.delete_reservation)
+        r.add_post("/v1/reservations/{id}/allocated", self.reservation_allocated)
 
     async def start(self) -> int:
+        self.steward.subscribe_snapshots(self._after_tick)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 (aiohttp exposes no getter)
+        sockets = getattr(site._server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
         if self.endpoint_file is not None:
             write_endpoint(self.endpoint_file, self.host, self.bound_port)
@@ -150,10 +169,8 @@ class ApiServer:
             await self._runner.cleanup()
             self._runner = None
         if self.endpoint_file is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.endpoint_file.unlink()
-            except FileNotFoundError:
-                pass
 
     # --- middlewares ---------------------------------------------------------------------------
 
@@ -164,6 +181,12 @@ class ApiServer:
         except web.HTTPException as exc:
             if exc.status == 413:
                 return problem(413, "payload_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+            if exc.status == 404:
+                return problem(404, "not_found", f"no such path: {request.path}")
+            if exc.status == 405:
+                return problem(
+                    405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+                )
             if exc.status >= 400:
                 return problem(exc.status, "http_error", exc.reason)
             raise
@@ -202,18 +225,30 @@ class ApiServer:
         if self.metrics is None:
             return problem(404, "not_found", "metrics are not enabled")
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics)
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
 
     async def status(self, request: web.Request) -> web.Response:
         snap = self.steward.snapshot
         if snap is None:
             return problem(503, "starting", "the engine has not sampled the GPU yet", retry_after=1)
-        return web.json_response(snap.to_status(self.steward.settings))
+        status = snap.to_status(self.steward.settings)
+        status.setdefault("queue", self.reservations.queue_json())
+        status.setdefault("reservations", self._ledger_reservations())
+        return web.json_response(status)
 
     async def models(self, request: web.Request) -> web.Response:
         snap = self.steward.snapshot
         models = snap.models if snap else ()
-        return web.json_response({"models": [m.to_json() for m in models]})
+        out = []
+        for m in models:
+            item = m.to_json()
+            config = self.steward.settings.model(m.name)
+            item["variants"] = list(config.variants) if config else []
+            out.append(item)
+        return web.json_response({"models": out})
 
     def _known_model(self, name: str) -> None:
         snap = self.steward.snapshot
@@ -223,8 +258,8 @@ class ApiServer:
 
     async def load(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await self._body(request)
         self._known_model(name)
+        await self._body(request)
         snap = await self._run(Command(kind="load", model=name))
         model = next((m for m in snap.models if m.name == name), None)
         refused = [
@@ -236,19 +271,27 @@ class ApiServer:
         ]
         if refused:
             event = refused[-1]
-            return problem(
-                507 if getattr(event, "reason", "") == "insufficient_vram" else 409,
-                getattr(event, "reason", "load_refused"),
-                f"loading {name} was refused: {getattr(event, 'reason', '')}",
+            reason = getattr(event, "reason", "") or "load_refused"
+            insufficient = reason == "insufficient_vram"
+            response = problem(
+                507 if insufficient else 409,
+                reason,
+                f"loading {name} was refused: {reason}",
+                details={"model": name, "gpu": getattr(event, "gpu", None)},
+                retry_after=RETRY_AFTER_FOREIGN_S if insufficient else None,
+                retriable=insufficient,
                 need_bytes=getattr(event, "need_bytes", None),
                 available_bytes=getattr(event, "available_bytes", None),
             )
+            if insufficient:
+                response.headers["Retry-After"] = str(round(RETRY_AFTER_FOREIGN_S))
+            return response
         return web.json_response({"model": model.to_json() if model else None}, status=202)
 
     async def unload(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await self._body(request)
         self._known_model(name)
+        await self._body(request)
         snap = await self._run(Command(kind="unload", model=name))
         model = next((m for m in snap.models if m.name == name), None)
         return web.json_response({"model": model.to_json() if model else None})
@@ -273,7 +316,79 @@ class ApiServer:
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise InvalidInput("request body must be a JSON object")
+        content_type = request.headers.get("Content-Type")
+        if content_type is not None and not _is_json_type(request.content_type):
+            raise UnsupportedMediaType(content_type)
         return body
+
+    # --- reservations --------------------------------------------------------------------------
+
+    async def list_reservations(self, request: web.Request) -> web.Response:
+        return web.json_response({"reservations": self.reservations.active()})
+
+    async def create_reservation(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        snap = self.steward.snapshot
+        if snap is None:
+            return problem(503, "starting", "the engine has not sampled the GPU yet", retry_after=1)
+        gpus = {g.index: (g.total_bytes if g.total_bytes > 0 else None) for g in snap.telemetry.gpus}
+        record = self.reservations.request(parse_reservation_request(body, gpus))
+        _, position = self.reservations.get(record.id)
+        status = 202 if record.state == ReservationState.WAITING else 201
+        return web.json_response(
+            self.reservations.to_json(record, position),
+            status=status,
+            headers={"Location": f"/v1/reservations/{record.id}"},
+        )
+
+    async def get_reservation(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        raw = request.query.get("wait_s")
+        wait_s = parse_seconds(raw, "wait_s", MAX_LONG_POLL_S) if raw is not None else 0.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            self.reservations.pump()
+            record, position = self.reservations.get(rid)
+            remaining = deadline - loop.time()
+            if record.state != ReservationState.WAITING or remaining <= 0:
+                break
+            await asyncio.sleep(min(LONG_POLL_STEP_S, remaining))
+        if record.state == ReservationState.TIMED_OUT:
+            return problem_from(self.reservations.timeout_error(record))
+        return web.json_response(self.reservations.to_json(record, position))
+
+    async def delete_reservation(self, request: web.Request) -> web.Response:
+        record = self.reservations.release(request.match_info["id"])
+        return web.json_response(self.reservations.to_json(record))
+
+    async def reservation_allocated(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        self.reservations.get(rid)  # unknown ids are a 404 before the body is looked at
+        await self._body(request)
+        record = self.reservations.mark_allocated(rid)
+        return web.json_response(self.reservations.to_json(record))
+
+    def _after_tick(self, snapshot: StewardSnapshot) -> None:
+        """Runs on the engine's thread after every tick: VRAM may have come free for the queue."""
+        if self.reservations.has_waiters():
+            self.reservations.pump()
+
+    def _ledger_reservations(self) -> list[dict[str, Any]]:
+        now = self.steward.clock()
+        ledgers = self.steward.ledgers
+        return [
+            {
+                "id": r.id,
+                "gpu": r.gpu,
+                "bytes": r.nbytes,
+                "holder": r.holder,
+                "allocated": r.allocated_at is not None,
+                "expires_in_s": None if r.expires_at is None else max(r.expires_at - now, 0.0),
+            }
+            for index in ledgers
+            for r in ledgers[index].reservations()
+        ]
 
     async def _run(self, command: Command) -> Any:
         future = self.steward.submit(command)
@@ -285,6 +400,24 @@ class ApiServer:
             )
             return_problem.http_status = 504
             raise return_problem from None
+
+
+class UnsupportedMediaType(VramError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(
+            f"request body has Content-Type {content_type!r}; expected application/json",
+            details={"content_type": content_type},
+            suggestions=["Send the body as JSON with 'Content-Type: application/json'"],
+        )
+
+
+def _is_json_type(media_type: str) -> bool:
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 def write_endpoint(path: Path, host: str, port: int) -> None:

@@ -138,9 +138,10 @@ class ApiReservation:
 
 
 def parse_reservation_request(
-    body: Mapping[str, Any], total_bytes_by_gpu: Mapping[int, int]
+    body: Mapping[str, Any], total_bytes_by_gpu: Mapping[int, int | None]
 ) -> ReservationRequest:
-    """Validate a request body. `total_bytes_by_gpu`: the GPUs that exist now and their sizes.
+    """Validate a request body. `total_bytes_by_gpu`: the GPUs that exist now and their sizes (None: not
+    measurable now; the ledger then refuses with gpu_unavailable).
 
     Raises InvalidInput naming the field, the value and what was expected: a size that could never fit on
     the GPU (over its total) is a bad request, not a retriable refusal.
@@ -170,7 +171,7 @@ def parse_reservation_request(
             f"bytes: expected whole bytes > 0, got {nbytes!r}", field_name="bytes", value=nbytes
         )
     total = total_bytes_by_gpu[gpu]
-    if nbytes > total:
+    if total is not None and nbytes > total:
         raise InvalidInput(
             f"bytes: {nbytes} ({format_bytes(nbytes)}) can never fit on GPU {gpu}, which has "
             f"{format_bytes(total)} in total",
@@ -355,6 +356,11 @@ class ReservationBook:
         """Admit queue heads that fit now, end waits that ran out. Returns the ones admitted."""
         with self._lock:
             return self._pump_locked(self._clock())
+
+    def queue_lengths(self) -> dict[int, int]:
+        """Waiting requests per GPU (the vram_reservation_queue_length metric)."""
+        with self._lock:
+            return {gpu: len(queue) for gpu, queue in self._queues.items()}
 
     def has_waiters(self) -> bool:
         with self._lock:

@@ -138,12 +138,20 @@ class DesktopNotifierBackend:
         return bool(reply.message_type == MessageType.METHOD_RETURN and reply.body and reply.body[0])
 
     async def send(self, text: NotificationText, on_action: OnAction) -> bool:
-        from desktop_notifier import Button, Capability, DesktopNotifier
-        from desktop_notifier import Urgency as DnUrgency
+        from desktop_notifier import DesktopNotifier
 
         if self._notifier is None:
             self._notifier = DesktopNotifier(app_name=self.app_name)
-        notifier = self._notifier
+        try:
+            return await self._send(self._notifier, text, on_action)
+        except (TimeoutError, asyncio.CancelledError):
+            self._forget_notifier()  # its connection may be stuck half-way: start afresh next time
+            raise
+
+    async def _send(self, notifier: Any, text: NotificationText, on_action: OnAction) -> bool:
+        from desktop_notifier import Button, Capability
+        from desktop_notifier import Urgency as DnUrgency
+
         capabilities = await asyncio.wait_for(notifier.get_capabilities(), self.call_timeout_s)
         buttons = []
         if Capability.BUTTONS in capabilities:
@@ -151,7 +159,7 @@ class DesktopNotifierBackend:
         on_clicked = None
         if text.default_action is not None and Capability.ON_CLICKED in capabilities:
             on_clicked = _bind(on_action, text.default_action)
-        dispatched = threading.Event()
+        dispatched: list[bool] = []
         await asyncio.wait_for(
             notifier.send(
                 text.title,
@@ -163,18 +171,21 @@ class DesktopNotifierBackend:
                 }[text.urgency],
                 buttons=buttons,
                 on_clicked=on_clicked,
-                on_dispatched=dispatched.set,
+                on_dispatched=lambda: dispatched.append(True),
             ),
             self.call_timeout_s,
         )
-        return dispatched.is_set()  # desktop-notifier logs and swallows a failed send
+        return bool(dispatched)  # desktop-notifier logs and swallows a failed send
+
+    def _forget_notifier(self) -> None:
+        notifier, self._notifier = self._notifier, None
+        bus = getattr(getattr(notifier, "_backend", None), "bus", None)
+        if bus is not None:
+            bus.disconnect()
 
     async def close(self) -> None:
         await self._drop_bus()
-        backend = getattr(self._notifier, "_backend", None)
-        bus = getattr(backend, "bus", None)
-        if bus is not None:
-            bus.disconnect()
+        self._forget_notifier()
 
     async def _session_bus(self) -> Any:
         if self._bus is not None and self._bus.connected:

@@ -181,7 +181,9 @@ def build_runtime(
     )
     if with_api and aio is not None:
         from app.core.api import ApiServer, load_or_create_token
+        from app.core.metrics import StewardMetrics
 
+        metrics = StewardMetrics(steward)
         api = ApiServer(
             steward,
             host=settings.api_host,
@@ -189,7 +191,9 @@ def build_runtime(
             token=load_or_create_token(),
             allow_remote=settings.allow_remote_api,
             endpoint_file=paths.api_endpoint_file(),
+            metrics=metrics.render,
         )
+        metrics.queue_lengths = api.reservations.queue_lengths
         aio.run(api.start(), timeout_s=10.0)
         runtime.api = api
     return runtime

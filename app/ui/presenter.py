@@ -39,6 +39,8 @@ STATES: dict[str, StateInfo] = {
     "paused": StateInfo("paused", "Paused", "#1565c0"),
     "dedicated_blocked": StateInfo("paused", "Waiting: other compute apps use the GPU", "#1565c0"),
     "thermal": StateInfo("paused", "Paused: GPU too hot", "#c62828"),
+    "sleeping": StateInfo("paused", "Models freed: the system sleeps", "#1565c0"),
+    "on_battery": StateInfo("paused", "Models freed: on battery", "#1565c0"),
     "no_gpu": StateInfo("no-gpu", "No NVIDIA GPU", "#6b7280"),
     "error": StateInfo("error", "Error: GPU monitoring failed", "#c62828"),
 }

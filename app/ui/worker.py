@@ -103,6 +103,10 @@ class StewardWorker(QObject):
         future.add_done_callback(lambda f, k=kind: self._command_done(k, f))
         self._wake.emit()
 
+    def request_tick(self) -> None:
+        """Tick as soon as the worker thread is free (thread-safe)."""
+        self._wake.emit()
+
     def apply_settings(self, settings: Settings) -> None:
         """Hand new settings to the engine on its own thread."""
         self._settings_in.emit(settings)

@@ -221,6 +221,9 @@ class _Stream:
     def close(self) -> None:
         self.drain()
         self.hasher.close()
+        for view in self.buffers:  # drop our views first, so the device can really free its pinned memory
+            view.release()
+        self.buffers = []
         self.device.close_staging()
 
 

@@ -28,7 +28,9 @@ def scenario_text(total: str = "64 MiB", foreign: str = "0 B", timeline: str = "
     processes = ""
     if foreign != "0 B":
         processes = f'[[processes]]\npid = 777\nname = "blender"\ngpu = 0\nused = "{foreign}"\n'
-    return f'[[gpus]]\nindex = 0\nname = "Sim GPU"\nuuid = "GPU-sim-0"\ntotal = "{total}"\n{processes}{timeline}'
+    return (
+        f'[[gpus]]\nindex = 0\nname = "Sim GPU"\nuuid = "GPU-sim-0"\ntotal = "{total}"\n{processes}{timeline}'
+    )
 
 
 def write_model(path: Path, nbytes: int, seed: int = 1) -> bytes:
@@ -121,6 +123,3 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.002)
     return predicate()
-
-
-

@@ -31,7 +31,10 @@ def test_a_killed_host_is_noticed_in_one_poll_and_the_next_load_starts_a_new_one
     dealloc = [e for e in events if isinstance(e, ev.VramDeallocated)]
     assert {e.model for e in dealloc} == {"a", "b"} and {e.reason for e in dealloc} == {"host_died"}
     assert all(e.residue_bytes == 0 for e in dealloc)
-    assert {s.name: s.state for s in world.manager.models()} == {"a": ModelState.EVICTED, "b": ModelState.EVICTED}
+    assert {s.name: s.state for s in world.manager.models()} == {
+        "a": ModelState.EVICTED,
+        "b": ModelState.EVICTED,
+    }
     assert all("died" in (s.last_error or "") for s in world.manager.models())
     assert world.ours() == 0 and world.manager.pids() == set()
     assert [e["type"] for e in world.audit.read()].count("HostDied") == 1
@@ -52,7 +55,7 @@ def test_a_host_that_dies_mid_seal_fails_the_load_with_a_clear_error(tmp_path: P
     assert handle is not None
     handle.kill()
     events = world.manager.poll()
-    assert [type(e).__name__ for e in events if not isinstance(e, ev.LoadProgress)][0] == "HostDied"
+    assert next(type(e).__name__ for e in events if not isinstance(e, ev.LoadProgress)) == "HostDied"
     status = world.manager.models()[0]
     assert status.state == ModelState.EVICTED and "died" in (status.last_error or "")
     assert world.ledgers[0].outstanding_bytes() == 0 and world.ours() == 0

@@ -12,7 +12,13 @@ import pytest
 from residency_world import CHUNK, SEGMENT, World, expected_digest, make_world, write_model
 
 from app.core import events as ev
-from app.core.errors import CudaAllocationFailed, InsufficientVram, InvalidInput, ModelFileError, SealVerificationFailed
+from app.core.errors import (
+    CudaAllocationFailed,
+    InsufficientVram,
+    InvalidInput,
+    ModelFileError,
+    SealVerificationFailed,
+)
 from app.core.holders import ModelState
 from app.core.residency.seal import Device
 from app.core.residency.simulated_device import SimulatedDevice
@@ -33,7 +39,10 @@ def test_load_seals_the_file_and_accounts_its_bytes_on_the_gpu(tmp_path: Path) -
     assert sealed.bytes_per_s > 0 and sealed.seconds > 0
     status = next(s for s in world.manager.models() if s.name == "m")
     assert (status.state, status.digest, status.size_bytes, status.holder) == (
-        ModelState.RESIDENT, sealed.digest, len(data), "builtin"
+        ModelState.RESIDENT,
+        sealed.digest,
+        len(data),
+        "builtin",
     )
     # the simulated GPU shows the bytes under the host's pid, and the ledger counts them until a sample does
     (pid,) = world.manager.pids()
@@ -62,7 +71,9 @@ def test_verify_passes_then_names_the_tampered_chunk(tmp_path: Path) -> None:
     assert info.value.damaged_chunks == [17] and "chunk 17" in info.value.message
     assert not info.value.retriable
     critical = [e for e in world.audit.read() if e["type"] == "SealVerificationFailed"]
-    assert len(critical) == 1 and critical[0]["severity"] == "critical" and critical[0]["damaged_chunks"] == [17]
+    assert (
+        len(critical) == 1 and critical[0]["severity"] == "critical" and critical[0]["damaged_chunks"] == [17]
+    )
     assert [type(e).__name__ for e in world.manager.poll()][-2:] == ["SealVerified", "SealVerificationFailed"]
 
 
@@ -112,7 +123,11 @@ def test_insufficient_vram_is_refused_before_anything_starts(tmp_path: Path) -> 
     world = make_world(tmp_path, [("m", tmp_path / "m.bin")], total="4 MiB")  # 4 MiB - 1 MiB headroom
     with pytest.raises(InsufficientVram) as info:
         world.manager.start_load("m")
-    assert info.value.retriable and info.value.needed_bytes == 3 * MiB + 1 and info.value.available_bytes == 3 * MiB
+    assert (
+        info.value.retriable
+        and info.value.needed_bytes == 3 * MiB + 1
+        and info.value.available_bytes == 3 * MiB
+    )
     assert world.manager.pids() == set() and world.ours() == 0
     assert world.kinds() == ["VramAllocationFailed", "LoadRefused"]
     status = next(s for s in world.manager.models() if s.name == "m")
@@ -178,7 +193,9 @@ def test_out_of_memory_mid_seal_frees_everything_and_is_retriable(tmp_path: Path
         def __getattr__(self, name: str):
             return getattr(self.inner, name)
 
-    world = make_world(tmp_path, [("m", tmp_path / "m.bin")], timeline=timeline, wrap_device=GameStartsMidSeal)  # type: ignore[arg-type]
+    world = make_world(
+        tmp_path, [("m", tmp_path / "m.bin")], timeline=timeline, wrap_device=GameStartsMidSeal
+    )  # type: ignore[arg-type]
     before = world.ours()
     with pytest.raises(CudaAllocationFailed) as info:
         world.manager.load_blocking("m", timeout_s=10)
@@ -221,7 +238,7 @@ def test_evict_while_loading_cancels_the_seal_and_frees_it(tmp_path: Path) -> No
 def test_unknown_models_and_verify_of_a_model_not_loaded_are_invalid_input(tmp_path: Path) -> None:
     write_model(tmp_path / "m.bin", 1 * MiB)
     world = make_world(tmp_path, [("m", tmp_path / "m.bin")])
-    with pytest.raises(InvalidInput, match="unknown model 'x'.*known: m"):
+    with pytest.raises(InvalidInput, match=r"unknown model 'x'.*known: m"):
         world.manager.start_load("x")
     with pytest.raises(InvalidInput, match="not resident"):
         world.manager.verify("m")

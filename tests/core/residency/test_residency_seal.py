@@ -18,7 +18,9 @@ from app.core.residency.simulated_device import SimulatedDevice
 from app.core.units import KiB, MiB
 
 PID = 4_200_001
-OPTIONS = SealOptions(chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2, hash_threads=2)
+OPTIONS = SealOptions(
+    chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2, hash_threads=2
+)
 
 
 def gpu(total: str = "64 MiB", timeline: str = "") -> tuple[SimulatedBackend, ManualClock, SimulatedDevice]:
@@ -32,7 +34,11 @@ def test_seal_streams_the_file_and_digests_it_like_hashlib(tmp_path: Path) -> No
     data = write_model(tmp_path / "m.bin", 2 * MiB + 12345)
     seen: list[tuple[int, int]] = []
     resident, seconds = seal_file(
-        device, model="m", path=str(tmp_path / "m.bin"), options=OPTIONS, progress=lambda d, t: seen.append((d, t))
+        device,
+        model="m",
+        path=str(tmp_path / "m.bin"),
+        options=OPTIONS,
+        progress=lambda d, t: seen.append((d, t)),
     )
     assert resident.manifest is not None
     assert list(resident.manifest.chunk_digests) == expected_chunks(data)
@@ -53,7 +59,9 @@ def test_seal_streams_the_file_and_digests_it_like_hashlib(tmp_path: Path) -> No
 def test_one_staging_buffer_per_chunk_in_flight_still_gives_the_right_bytes(tmp_path: Path) -> None:
     _, _, device = gpu()
     data = write_model(tmp_path / "m.bin", 40 * CHUNK + 1)
-    options = SealOptions(chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=2, reader_threads=4, hash_threads=4)
+    options = SealOptions(
+        chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=2, reader_threads=4, hash_threads=4
+    )
     resident, _ = seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=options)
     assert resident.manifest is not None and resident.manifest.digest == expected_digest(data)
     assert verify_resident(device, resident, options) == expected_chunks(data)
@@ -173,7 +181,9 @@ def test_cancel_stops_the_seal_and_frees_it(tmp_path: Path) -> None:
 
 
 def test_options_resolve_to_whole_chunks_per_segment() -> None:
-    options = SealOptions(chunk_size_bytes=64 * KiB, segment_bytes=200 * KiB, hash_threads=3, reader_threads=2)
+    options = SealOptions(
+        chunk_size_bytes=64 * KiB, segment_bytes=200 * KiB, hash_threads=3, reader_threads=2
+    )
     resolved = options.resolved()
     assert resolved.segment_bytes == 192 * KiB
     assert resolved.staging_buffers == 3 + 2 + 2

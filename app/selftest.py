@@ -1,0 +1,398 @@
+"""`vram-steward --self-test`: start every part this machine can run and print one line for each.
+
+Each line is "<part>: ok (...)", "<part>: absent (why)" or "<part>: FAIL (why)". "absent" is what a machine
+without that hardware or service should say (no NVIDIA GPU, no notification server) and is not a failure;
+the exit code is 1 when any line says FAIL, else 0. Every check does the real thing: an offscreen
+QApplication that renders the icons, nvmlInit (or its typed absence), CuPy imported in a spawned process,
+a residency host started and answered, a notification sent when a server is on the session bus, files
+written in the config, state and log dirs.
+
+The bundle's own test (tests/packaging/test_bundle.py) runs this in the built executable, where the
+multiprocessing spawn and the collected data files are what is really being tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+OK, ABSENT, FAIL = "ok", "absent", "FAIL"
+SPAWN_TIMEOUT_S = 90.0  # a cold start of the bundle on a slow disk imports PySide6-free code, CuPy, NumPy
+DBUS_TIMEOUT_S = 3.0
+APP_ICON = "vram-steward"
+ICON_SIZES_PX = (48, 128, 256)
+MAX_DETAIL_CHARS = 400
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    part: str
+    status: str  # OK | ABSENT | FAIL
+    detail: str = ""
+
+    def line(self) -> str:
+        """One line, whatever the detail holds (library errors come with banners and newlines)."""
+        detail = " ".join(self.detail.replace("=" * 8, "").split())
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
+        return f"{self.part}: {self.status}" + (f" ({detail})" if detail else "")
+
+
+def icons_dir() -> Path:
+    """resources/icons beside the `app` package: the source checkout, and the bundle's layout too."""
+    return Path(__file__).resolve().parents[1] / "resources" / "icons"
+
+
+class SelfTest:
+    """The checks in order; later ones read what earlier ones found (the GPU count from NVML)."""
+
+    def __init__(self, *, gpu: int = 0, spawn_timeout_s: float = SPAWN_TIMEOUT_S) -> None:
+        self.gpu = gpu
+        self.spawn_timeout_s = spawn_timeout_s
+        self.gpu_count: int | None = None  # None: NVML did not answer
+
+    def checks(self) -> list[tuple[str, Callable[[], CheckResult]]]:
+        return [
+            ("qt", self.check_qt),
+            ("nvml", self.check_nvml),
+            ("cupy", self.check_cupy),
+            ("residency host", self.check_residency_host),
+            ("notifier", self.check_notifier),
+            ("config dirs", self.check_config_dirs),
+            ("default config", self.check_default_config),
+            ("bundled data", self.check_bundled_data),
+        ]
+
+    def run(self) -> Iterator[CheckResult]:
+        for part, check in self.checks():
+            started = time.monotonic()
+            try:
+                result = check()
+            except Exception as exc:  # a check that crashes is a failure with its reason, never a traceback
+                result = CheckResult(part, FAIL, f"{type(exc).__name__}: {exc}")
+            elapsed_s = time.monotonic() - started
+            if elapsed_s >= 1.0:
+                result = CheckResult(
+                    result.part, result.status, f"{result.detail}; {elapsed_s:.1f} s".lstrip("; ")
+                )
+            yield result
+
+    # --- Qt --------------------------------------------------------------------------------------
+
+    def check_qt(self) -> CheckResult:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # never a real display: Qt aborts when one is broken
+        from PySide6.QtCore import Qt
+        from PySide6.QtGui import QIcon, QImage, QPainter
+        from PySide6.QtSvg import QSvgRenderer
+        from PySide6.QtWidgets import QApplication
+
+        app = QApplication.instance() or QApplication(["vram-steward-self-test"])
+        svgs = sorted(icons_dir().glob("*.svg"))
+        if not svgs:
+            return CheckResult("qt", FAIL, f"no SVG icons in {icons_dir()}")
+        for svg in svgs:
+            renderer = QSvgRenderer(str(svg))
+            image = QImage(64, 64, QImage.Format.Format_ARGB32)
+            image.fill(Qt.GlobalColor.transparent)
+            painter = QPainter(image)
+            renderer.render(painter)
+            painter.end()
+            if not renderer.isValid() or _opaque_pixels(image) == 0:
+                return CheckResult("qt", FAIL, f"{svg.name} rendered nothing (QtSvg)")
+        # The tray loads its icons through QIcon, which needs the SVG icon-engine/image-format plugins.
+        pixmap = QIcon(str(icons_dir() / f"{APP_ICON}.svg")).pixmap(32, 32)
+        if pixmap.isNull():
+            return CheckResult("qt", FAIL, "QIcon could not load an SVG: the Qt SVG plugins are missing")
+        return CheckResult(
+            "qt", OK, f"{app.platformName()} QApplication, Qt {_qt_version()}, {len(svgs)} SVG icons rendered"
+        )
+
+    # --- NVML ------------------------------------------------------------------------------------
+
+    def check_nvml(self) -> CheckResult:
+        from app.core.gpu.nvml import NvmlBackend
+        from app.core.gpu.snapshot import BackendState
+
+        backend = NvmlBackend()
+        try:
+            snapshot = backend.sample()
+        finally:
+            backend.close()
+        if snapshot.state == BackendState.OK:
+            self.gpu_count = len(snapshot.gpus)
+            if not snapshot.gpus:
+                return CheckResult("nvml", ABSENT, "NVML works but lists no GPU")
+            names = ", ".join(f"{g.index}: {g.name}" for g in snapshot.gpus)
+            return CheckResult("nvml", OK, f"{len(snapshot.gpus)} GPU(s): {names}")
+        if snapshot.state == BackendState.NO_DRIVER:
+            self.gpu_count = 0
+            return CheckResult("nvml", ABSENT, snapshot.message or "no NVIDIA driver")
+        return CheckResult("nvml", FAIL, f"{snapshot.state}: {snapshot.message}")
+
+    # --- CuPy and the residency host (both in spawned processes, as in the app) -----------------
+
+    def check_cupy(self) -> CheckResult:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=cupy_probe, args=(theirs,), name="vram-steward-self-test-cupy")
+        process.start()
+        theirs.close()
+        try:
+            ours.send("import cupy")
+            if not ours.poll(self.spawn_timeout_s):
+                return CheckResult(
+                    "cupy", FAIL, f"the spawned process did not answer in {self.spawn_timeout_s} s"
+                )
+            status, detail = ours.recv()
+        finally:
+            ours.close()
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        if status != OK:
+            return CheckResult("cupy", FAIL, f"import cupy failed in a spawned process: {detail}")
+        return CheckResult("cupy", OK, f"CuPy {detail} imported in spawned pid {process.pid}")
+
+    def check_residency_host(self) -> CheckResult:
+        from app.core.residency.host import protocol as p
+        from app.core.residency.host.process import ProcessHostLauncher
+
+        handle = ProcessHostLauncher().launch(self.gpu)
+        try:
+            if not handle.conn.poll(self.spawn_timeout_s):
+                return CheckResult(
+                    "residency host",
+                    FAIL,
+                    f"the host (pid {handle.pid}) did not answer in {self.spawn_timeout_s} s",
+                )
+            reply = handle.conn.recv()
+            if isinstance(reply, p.Ready):
+                handle.conn.send(p.ShutdownRequest())
+                bye = handle.conn.recv() if handle.conn.poll(30) else None
+                if not isinstance(bye, p.Bye):
+                    return CheckResult("residency host", FAIL, f"no Bye after ShutdownRequest (got {bye!r})")
+                return CheckResult(
+                    "residency host",
+                    OK,
+                    f"pid {reply.pid} opened GPU {reply.gpu} (a CUDA context), then shut down cleanly",
+                )
+            if isinstance(reply, p.Failed):
+                if "CuPy is not installed" in reply.message or self.gpu_count:
+                    return CheckResult("residency host", FAIL, f"pid {handle.pid}: {reply.message}")
+                return CheckResult(
+                    "residency host",
+                    ABSENT,
+                    f"no GPU: {_first_line(reply.message)}; spawn and pipe to pid {handle.pid} work",
+                )
+            return CheckResult("residency host", FAIL, f"unexpected first reply {reply!r}")
+        finally:
+            if not handle.join(10):
+                handle.kill()
+            handle.conn.close()
+
+    # --- notifications ---------------------------------------------------------------------------
+
+    def check_notifier(self) -> CheckResult:
+        import desktop_notifier
+
+        version = getattr(desktop_notifier, "__version__", "")
+        address = session_bus_address()
+        if address is None:
+            return CheckResult(
+                "notifier", ABSENT, "no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)"
+            )
+        return asyncio.run(_notify(address, version))
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def check_config_dirs(self) -> CheckResult:
+        from app.core import paths
+
+        folders = {"config": paths.config_dir(), "state": paths.state_dir(), "log": paths.log_dir()}
+        for name, folder in folders.items():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".self-test-") as probe:
+                    probe.write(b"ok")
+                    probe.flush()
+            except OSError as exc:
+                return CheckResult("config dirs", FAIL, f"the {name} dir {folder} is not writable: {exc}")
+        return CheckResult("config dirs", OK, ", ".join(f"{k} {v}" for k, v in folders.items()))
+
+    def check_default_config(self) -> CheckResult:
+        from app.core.config import ensure_default_config, load_settings
+
+        with tempfile.TemporaryDirectory(prefix="vram-steward-self-test-") as tmp:
+            path = Path(tmp) / "config.toml"
+            if not ensure_default_config(path):
+                return CheckResult("default config", FAIL, f"ensure_default_config did not write {path}")
+            settings = load_settings(path, check_files=True)
+        return CheckResult(
+            "default config",
+            OK,
+            f"created and loaded; auto_pause_for_gaming = {str(settings.auto_pause_for_gaming).lower()}",
+        )
+
+    def check_bundled_data(self) -> CheckResult:
+        from app.core.config import default_config_text
+        from app.core.gpu.scenario import load_scenario, shipped_scenario_names
+
+        names = shipped_scenario_names()
+        if not names:
+            return CheckResult("bundled data", FAIL, "no scenarios in app/data/scenarios")
+        for name in names:
+            load_scenario(name)
+        tomllib.loads(default_config_text())
+        missing = [name for name in required_icons() if not (icons_dir() / name).is_file()]
+        if missing:
+            return CheckResult("bundled data", FAIL, f"missing in {icons_dir()}: {', '.join(missing)}")
+        return CheckResult(
+            "bundled data",
+            OK,
+            f"{len(names)} scenarios, default config, {len(required_icons())} icons",
+        )
+
+
+def required_icons() -> list[str]:
+    """The app icon (SVG and PNGs) and every tray state's SVG."""
+    names = {f"{APP_ICON}.svg", *(f"{APP_ICON}-{size}.png" for size in ICON_SIZES_PX)}
+    try:
+        from app.ui.presenter import STATES
+
+        names.update(f"{info.icon}.svg" for info in STATES.values())
+    except ImportError:  # the UI is optional for a headless build
+        pass
+    return sorted(names)
+
+
+def cupy_probe(conn: Connection) -> None:
+    """Runs in a spawned process: answer the parent's request with CuPy's version, or why it failed."""
+    try:
+        conn.recv()
+        try:
+            import cupy
+
+            conn.send((OK, cupy.__version__))
+        except Exception as exc:  # CuPy wraps the real reason ("Original error") in a banner: name the cause
+            cause = exc.__cause__ or exc.__context__ or exc
+            conn.send((FAIL, f"{type(cause).__name__}: {cause}"))
+    finally:
+        conn.close()
+
+
+def session_bus_address() -> str | None:
+    """The session bus from the environment, or the systemd user bus socket, or None."""
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if address:
+        return address
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    socket = Path(runtime) / "bus"
+    return f"unix:path={socket}" if socket.exists() else None
+
+
+async def _notify(address: str, version: str) -> CheckResult:
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+    from desktop_notifier import DesktopNotifier
+
+    name = "org.freedesktop.Notifications"
+    try:
+        bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), DBUS_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return CheckResult("notifier", ABSENT, f"cannot connect to the session bus {address}: {exc}")
+    try:
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=[name],
+                )
+            ),
+            DBUS_TIMEOUT_S,
+        )
+        if reply is None or reply.message_type != MessageType.METHOD_RETURN or not reply.body[0]:
+            return CheckResult("notifier", ABSENT, "no notification server on the session bus")
+        info = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination=name,
+                    path="/org/freedesktop/Notifications",
+                    interface=name,
+                    member="GetServerInformation",
+                )
+            ),
+            DBUS_TIMEOUT_S,
+        )
+        server = info.body[0] if info is not None and info.message_type == MessageType.METHOD_RETURN else "?"
+    finally:
+        bus.disconnect()
+    sent = asyncio.Event()
+    notifier = DesktopNotifier(app_name="VRAM Steward")
+    try:
+        await asyncio.wait_for(
+            notifier.send("VRAM Steward self-test", "Notifications work.", on_dispatched=sent.set, timeout=5),
+            DBUS_TIMEOUT_S,
+        )
+    except TimeoutError:
+        return CheckResult(
+            "notifier", FAIL, f"the notification server {server} did not answer in {DBUS_TIMEOUT_S} s"
+        )
+    finally:
+        backend_bus = getattr(getattr(notifier, "_backend", None), "bus", None)
+        if backend_bus is not None:
+            backend_bus.disconnect()
+    if not sent.is_set():
+        return CheckResult("notifier", FAIL, f"the notification server {server} refused the notification")
+    return CheckResult(
+        "notifier", OK, f"desktop-notifier {version} sent one notification to {server}".strip()
+    )
+
+
+def _opaque_pixels(image: object) -> int:
+    from PySide6.QtGui import QImage
+
+    assert isinstance(image, QImage)
+    return sum(
+        1
+        for y in range(0, image.height(), 4)
+        for x in range(0, image.width(), 4)
+        if image.pixelColor(x, y).alpha()
+    )
+
+
+def _qt_version() -> str:
+    from PySide6.QtCore import qVersion
+
+    return str(qVersion())
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def main() -> int:
+    """Print one line per part as it finishes; 0 when nothing failed."""
+    failed = 0
+    for result in SelfTest().run():
+        print(result.line(), flush=True)
+        failed += result.status == FAIL
+    print("self-test: " + ("all good" if not failed else f"{failed} part(s) FAILED"), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The words of notifications: which events make one, titles with numbers, buttons, the log path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.core import events as ev
+from app.core.notify_text import (
+    NotificationText,
+    Urgency,
+    format_duration,
+    merge_burst,
+    notification_for,
+)
+from app.core.units import GiB
+
+
+def evicted(reason: str = "game", trigger: str = "Cyberpunk 2077", freed: int | None = 14_200_000_000):
+    return ev.ModelsEvicted(
+        at=1.0, gpu=0, models=("llama-8b", "qwen-14b"), reason=reason, trigger=trigger, freed_bytes=freed
+    )
+
+
+def keys(text: NotificationText) -> list[str]:
+    return [a.key for a in text.actions]
+
+
+def test_a_game_eviction_says_what_was_freed_and_offers_resume_and_ignore() -> None:
+    text = notification_for(evicted())
+    assert text is not None
+    assert text.title == "Cyberpunk 2077 started: freed 14.2 GB (2 models)"
+    assert "llama-8b, qwen-14b" in text.body and "GPU 0" in text.body
+    assert keys(text) == ["resume", "ignore_app:Cyberpunk 2077", "show"]
+    assert [a.label for a in text.actions] == ["Resume now", "Always ignore this app", "Open dashboard"]
+    assert text.coalesce_key == "ModelsEvicted" and text.default_action == "show"
+
+
+def test_an_eviction_whose_size_is_unknown_still_reads_well() -> None:
+    text = notification_for(evicted(freed=None, reason="pressure", trigger="blender"))
+    assert text is not None
+    assert text.title == "blender needs VRAM: freed VRAM (2 models)"
+    assert "ignore_app:blender" in keys(text)
+
+
+@pytest.mark.parametrize("reason", ["user", "pause", "sleep", "lost"])
+def test_evictions_the_user_caused_or_another_notification_covers_are_quiet(reason: str) -> None:
+    assert notification_for(evicted(reason=reason)) is None
+
+
+def test_thermal_and_battery_evictions_offer_resume_but_not_ignore() -> None:
+    hot = notification_for(evicted(reason="thermal", trigger="87 °C"))
+    battery = notification_for(evicted(reason="battery", trigger="battery"))
+    assert hot is not None and hot.title.startswith("GPU 0 too hot: freed 14.2 GB")
+    assert battery is not None and battery.title.startswith("On battery: freed 14.2 GB")
+    assert keys(hot) == keys(battery) == ["resume", "show"]
+
+
+def test_resumed_says_the_gpu_is_free_and_how_long_models_were_out() -> None:
+    text = notification_for(ev.Resumed(at=0, gpu=1, models=("llama-8b",), after_s=185.0))
+    assert text is not None
+    assert text.title == "GPU free again: models reloaded"
+    assert "llama-8b on GPU 1" in text.body and "3 min" in text.body
+    assert text.urgency is Urgency.LOW
+
+
+def test_a_refused_load_gives_need_and_free_in_gb() -> None:
+    event = ev.LoadRefused(
+        at=0,
+        model="llama-70b",
+        gpu=0,
+        reason="insufficient_vram",
+        need_bytes=40 * 10**9,
+        available_bytes=9 * 10**9,
+    )
+    text = notification_for(event)
+    assert text is not None
+    assert text.title == "Could not load llama-70b: need 40.0 GB, 9.0 GB free"
+    assert "smaller" in text.body
+
+
+def test_a_refused_load_without_numbers_names_the_reason() -> None:
+    text = notification_for(ev.LoadRefused(at=0, model="m", gpu=2, reason="dedicated"))
+    assert text is not None
+    assert text.title == "Could not load m" and "Dedicated mode" in text.body and "GPU 2" in text.body
+
+
+def test_a_game_with_auto_pause_off_warns_and_offers_free_now() -> None:
+    text = notification_for(ev.GameWarning(at=0, gpu=0, name="Elden Ring"))
+    assert text is not None
+    assert text.title == "Elden Ring started: it may lack VRAM"
+    assert keys(text) == ["evict_now", "show"] and text.actions[0].label == "Free now"
+
+
+@pytest.mark.parametrize(
+    "event, title",
+    [
+        (ev.GpuLost(at=0, gpu=0, message="fell off the bus"), "GPU 0 lost"),
+        (ev.BackendProblem(at=0, state="error", message="NVML failed"), "GPU monitoring problem"),
+        (ev.EngineError(at=0, where="tick", message="boom"), "VRAM Steward hit an internal error"),
+        (ev.HostDied(at=0, gpu=1, pid=7, exit_code=-9, models=("a",)), "Model host on GPU 1 stopped"),
+        (
+            ev.SealVerificationFailed(at=0, model="a", gpu=0, damaged_chunks=(3, 9), chunk_size_bytes=GiB),
+            "a failed verification",
+        ),
+        (
+            ev.VramAllocationFailed(at=0, model="a", gpu=0, bytes=GiB, reason="cuda_allocation_failed"),
+            "Loading a failed",
+        ),
+    ],
+)
+def test_errors_are_critical_and_say_where_the_log_is(event: ev.Event, title: str, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "vram-steward.log"
+    text = notification_for(event, log_path=log)
+    assert text is not None
+    assert text.title == title
+    assert text.urgency is Urgency.CRITICAL
+    assert f"Details in the log: {log}" in text.body
+
+
+def test_the_log_path_defaults_to_the_platform_log_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VRAM_STEWARD_LOG_DIR", str(tmp_path / "where-logs-go"))
+    text = notification_for(ev.GpuLost(at=0, gpu=0, message="x"))
+    assert text is not None
+    assert str(tmp_path / "where-logs-go" / "vram-steward.log") in text.body
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev.VramAllocated(at=0, model="a", gpu=0, bytes=1),
+        ev.GameStarted(at=0, name="g", source="steam"),
+        ev.GameEnded(at=0, name="g", source="steam"),
+        ev.Paused(at=0),
+        ev.LoadProgress(at=0, model="a", gpu=0, done_bytes=1, total_bytes=2),
+        ev.VramSealed(at=0, model="a", gpu=0, bytes=1, digest="d" * 64, seconds=1.0, bytes_per_s=1.0),
+        ev.VramAllocationFailed(at=0, model="a", gpu=0, bytes=1, reason="insufficient_vram"),
+    ],
+)
+def test_routine_events_make_no_notification(event: ev.Event) -> None:
+    assert notification_for(event) is None
+
+
+def test_a_model_whose_file_changed_is_reported() -> None:
+    event = ev.VramSealed(
+        at=0,
+        model="a",
+        gpu=0,
+        bytes=1,
+        digest="abcdef0123456789" * 4,
+        seconds=1.0,
+        bytes_per_s=1.0,
+        file_changed=True,
+    )
+    text = notification_for(event)
+    assert text is not None and text.title == "a loaded: its file changed" and "abcdef012345" in text.body
+
+
+def test_a_burst_becomes_the_latest_notification_saying_how_many_more() -> None:
+    texts = [NotificationText(title=f"event {i}", body=f"body {i}", coalesce_key="K") for i in range(10)]
+    merged = merge_burst(texts)
+    assert merged.title == "event 9 (and 9 more)"
+    assert merged.body.startswith("body 9\nAlso:")
+    assert "• event 6\n• event 7\n• event 8" in merged.body and "event 5" not in merged.body
+    assert merged.body.endswith("…and 6 earlier")
+    assert merged.burst_size == 10
+    again = merge_burst([merged, NotificationText(title="event 10", body="b", coalesce_key="K")])
+    assert again.title == "event 10 (and 10 more)" and again.burst_size == 11
+
+
+def test_a_burst_of_one_is_unchanged_and_an_empty_one_is_an_error() -> None:
+    one = NotificationText(title="t", body="b", coalesce_key="K")
+    assert merge_burst([one]) is one
+    with pytest.raises(ValueError, match="at least one"):
+        merge_burst([])
+
+
+@pytest.mark.parametrize(
+    "seconds, words",
+    [(0, "0 s"), (44.6, "45 s"), (60, "1 min"), (185, "3 min"), (3900, "1 h 5 min"), (7200, "2 h")],
+)
+def test_durations_read_like_people_say_them(seconds: float, words: str) -> None:
+    assert format_duration(seconds) == words
