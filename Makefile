@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest system-deps venv bench clean daemon
+.PHONY: run test lint typecheck pytest system-deps venv bench clean daemon bundle
 
 run: $(STAMP)
 	$(PY) -m app
@@ -35,6 +35,9 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bundle: $(STAMP)
+	PYTHON=$(PY) bash packaging/build.sh
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ DBUS_TIMEOUT_S = 3.0
 APP_ICON = "vram-steward"
 ICON_SIZES_PX = (48, 128, 256)
 MAX_DETAIL_CHARS = 400
+CUDA_DID_NOT_START = "CUDA could not start"  # what the host says when CuPy imported but CUDA has no GPU
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class CheckResult:
 
     def line(self) -> str:
         """One line, whatever the detail holds (library errors come with banners and newlines)."""
-        detail = " ".join(self.detail.replace("=" * 8, "").split())
+        detail = " ".join(re.sub(r"={4,}", " ", self.detail).split())
         if len(detail) > MAX_DETAIL_CHARS:
             detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
         return f"{self.part}: {self.status}" + (f" ({detail})" if detail else "")
@@ -59,6 +61,7 @@ class SelfTest:
         self.gpu = gpu
         self.spawn_timeout_s = spawn_timeout_s
         self.gpu_count: int | None = None  # None: NVML did not answer
+        self.qt_app: object = None
 
     def checks(self) -> list[tuple[str, Callable[[], CheckResult]]]:
         return [
@@ -91,11 +94,12 @@ class SelfTest:
     def check_qt(self) -> CheckResult:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # never a real display: Qt aborts when one is broken
         from PySide6.QtCore import Qt
-        from PySide6.QtGui import QIcon, QImage, QPainter
+        from PySide6.QtGui import QGuiApplication, QIcon, QImage, QPainter
         from PySide6.QtSvg import QSvgRenderer
         from PySide6.QtWidgets import QApplication
 
-        app = QApplication.instance() or QApplication(["vram-steward-self-test"])
+        self.qt_app = QApplication.instance() or QApplication(["vram-steward-self-test"])  # kept alive
+        platform = QGuiApplication.platformName()
         svgs = sorted(icons_dir().glob("*.svg"))
         if not svgs:
             return CheckResult("qt", FAIL, f"no SVG icons in {icons_dir()}")
@@ -113,7 +117,7 @@ class SelfTest:
         if pixmap.isNull():
             return CheckResult("qt", FAIL, "QIcon could not load an SVG: the Qt SVG plugins are missing")
         return CheckResult(
-            "qt", OK, f"{app.platformName()} QApplication, Qt {_qt_version()}, {len(svgs)} SVG icons rendered"
+            "qt", OK, f"{platform} QApplication, Qt {_qt_version()}, {len(svgs)} SVG icons rendered"
         )
 
     # --- NVML ------------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ class SelfTest:
                     f"pid {reply.pid} opened GPU {reply.gpu} (a CUDA context), then shut down cleanly",
                 )
             if isinstance(reply, p.Failed):
-                if "CuPy is not installed" in reply.message or self.gpu_count:
+                if CUDA_DID_NOT_START not in reply.message or self.gpu_count:
                     return CheckResult("residency host", FAIL, f"pid {handle.pid}: {reply.message}")
                 return CheckResult(
                     "residency host",
@@ -209,7 +213,7 @@ class SelfTest:
         address = session_bus_address()
         if address is None:
             return CheckResult(
-                "notifier", ABSENT, "no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)"
+                "notifier", ABSENT, "no D-Bus session bus: DBUS_SESSION_BUS_ADDRESS is not set"
             )
         return asyncio.run(_notify(address, version))
 
@@ -301,65 +305,28 @@ def session_bus_address() -> str | None:
 
 
 async def _notify(address: str, version: str) -> CheckResult:
-    from dbus_fast import Message, MessageType
-    from dbus_fast.aio import MessageBus
-    from desktop_notifier import DesktopNotifier
+    """One notification through the app's own backend (app/core/notify.py), as the running app sends them."""
+    from app.core.notify import DesktopNotifierBackend
+    from app.core.notify_text import NotificationText
 
-    name = "org.freedesktop.Notifications"
+    backend = DesktopNotifierBackend(call_timeout_s=DBUS_TIMEOUT_S)
     try:
-        bus = await asyncio.wait_for(MessageBus(bus_address=address).connect(), DBUS_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as exc:
-        return CheckResult("notifier", ABSENT, f"cannot connect to the session bus {address}: {exc}")
-    try:
-        reply = await asyncio.wait_for(
-            bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="NameHasOwner",
-                    signature="s",
-                    body=[name],
-                )
-            ),
-            DBUS_TIMEOUT_S,
+        if not await backend.available():
+            return CheckResult("notifier", ABSENT, f"no notification server on the session bus {address}")
+        text = NotificationText(
+            title="VRAM Steward self-test",
+            body="Notifications work.",
+            coalesce_key="self-test",
+            default_action=None,
         )
-        if reply is None or reply.message_type != MessageType.METHOD_RETURN or not reply.body[0]:
-            return CheckResult("notifier", ABSENT, "no notification server on the session bus")
-        info = await asyncio.wait_for(
-            bus.call(
-                Message(
-                    destination=name,
-                    path="/org/freedesktop/Notifications",
-                    interface=name,
-                    member="GetServerInformation",
-                )
-            ),
-            DBUS_TIMEOUT_S,
-        )
-        server = info.body[0] if info is not None and info.message_type == MessageType.METHOD_RETURN else "?"
-    finally:
-        bus.disconnect()
-    sent = asyncio.Event()
-    notifier = DesktopNotifier(app_name="VRAM Steward")
-    try:
-        await asyncio.wait_for(
-            notifier.send("VRAM Steward self-test", "Notifications work.", on_dispatched=sent.set, timeout=5),
-            DBUS_TIMEOUT_S,
-        )
+        sent = await backend.send(text, on_action=lambda key: None)
     except TimeoutError:
-        return CheckResult(
-            "notifier", FAIL, f"the notification server {server} did not answer in {DBUS_TIMEOUT_S} s"
-        )
+        return CheckResult("notifier", FAIL, f"the notification server did not answer in {DBUS_TIMEOUT_S} s")
     finally:
-        backend_bus = getattr(getattr(notifier, "_backend", None), "bus", None)
-        if backend_bus is not None:
-            backend_bus.disconnect()
-    if not sent.is_set():
-        return CheckResult("notifier", FAIL, f"the notification server {server} refused the notification")
-    return CheckResult(
-        "notifier", OK, f"desktop-notifier {version} sent one notification to {server}".strip()
-    )
+        await backend.close()
+    if not sent:
+        return CheckResult("notifier", FAIL, "the notification server refused the notification")
+    return CheckResult("notifier", OK, f"desktop-notifier {version}: one notification sent".strip())
 
 
 def _opaque_pixels(image: object) -> int:

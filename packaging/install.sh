@@ -58,6 +58,13 @@ make_dir() {
   for m in "${missing[@]}"; do created+=("$m"); done
 }
 
+launcher="$BIN_DIR/vram-steward"
+if { [ -e "$launcher" ] || [ -L "$launcher" ]; } && [ "$(readlink "$launcher" || true)" != "$LIB_DIR/vram-steward" ]; then
+  echo "error: $launcher exists and is not this installer's launcher (a pip --user install?);" \
+       "remove it first (pip uninstall vram-steward, or delete the file), then run $0 again" >&2
+  exit 1
+fi
+
 make_dir "$(dirname "$LIB_DIR")"
 make_dir "$BIN_DIR"
 make_dir "$APPS_DIR"
@@ -75,10 +82,9 @@ trap - EXIT
 printf '%s\n' "${created[@]}" | awk 'NF && !seen[$0]++' | awk '{ print length($0) "\t" $0 }' \
   | sort -rn | cut -f2- > "$LIB_DIR/$MANIFEST_NAME"
 
-ln -sfn "$LIB_DIR/vram-steward" "$BIN_DIR/vram-steward"
+ln -sfn "$LIB_DIR/vram-steward" "$launcher"
 
 # The menu entry names the launcher by absolute path: ~/.local/bin is not on every desktop session's PATH.
-launcher="$BIN_DIR/vram-steward"
 sed -e "s|^Exec=vram-steward|Exec=$launcher|" -e "s|^TryExec=vram-steward|TryExec=$launcher|" \
   "$RESOURCES/vram-steward.desktop" > "$APPS_DIR/vram-steward.desktop.tmp"
 mv "$APPS_DIR/vram-steward.desktop.tmp" "$APPS_DIR/vram-steward.desktop"

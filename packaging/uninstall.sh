@@ -43,7 +43,10 @@ for size in 48 128 256; do
   remove "$ICONS_DIR/${size}x${size}/apps/vram-steward.png"
 done
 remove "$ICONS_DIR/scalable/apps/vram-steward.svg"
-remove "$CONFIG_HOME/autostart/vram-steward.desktop"
+if [ -e "$CONFIG_HOME/autostart/vram-steward.desktop" ]; then
+  remove "$CONFIG_HOME/autostart/vram-steward.desktop"
+  rmdir -- "$CONFIG_HOME/autostart" 2>/dev/null || true  # the tray made it for ours: gone if now empty
+fi
 
 created=()
 if [ -f "$MANIFEST" ]; then

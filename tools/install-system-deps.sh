@@ -12,6 +12,7 @@ PACKAGES=(
   dunst          # a real notification server
   gamemode       # the real GameMode daemon (game signal tests)
   prometheus     # promtool for the alert rules
+  desktop-file-utils  # desktop-file-validate for the .desktop files
   libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 )
 

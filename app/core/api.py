@@ -260,14 +260,14 @@ class ApiServer:
         name = request.match_info["name"]
         self._known_model(name)
         await self._body(request)
+        before = self.steward.snapshot
+        seen = {id(e) for e in before.recent_events} if before else set()  # `before` keeps them alive
         snap = await self._run(Command(kind="load", model=name))
         model = next((m for m in snap.models if m.name == name), None)
         refused = [
             e
             for e in snap.recent_events
-            if e.kind == "LoadRefused"
-            and getattr(e, "model", None) == name
-            and e.at >= snap.telemetry.taken_at
+            if e.kind == "LoadRefused" and getattr(e, "model", None) == name and id(e) not in seen
         ]
         if refused:
             event = refused[-1]
@@ -308,7 +308,7 @@ class ApiServer:
         if not request.can_read_body:
             return {}
         raw = await request.read()
-        if not raw.strip():
+        if not raw:  # no body; whitespace alone is not JSON
             return {}
         try:
             body = json.loads(raw)

@@ -100,14 +100,18 @@ RESERVATION_REQUEST = {
             "minimum": 0,
             "maximum": MAX_TTL_S,
             "default": DEFAULT_TTL_S,
-            "description": "Dropped after this long unless marked allocated or released first.",
+            "nullable": True,
+            "description": "Dropped after this long unless marked allocated or released first (null: the "
+            "default).",
         },
         "wait_s": {
             "type": "number",
             "minimum": 0,
             "maximum": MAX_WAIT_S,
             "default": 0,
-            "description": "Queue (FIFO per GPU) for up to this long when it does not fit now.",
+            "nullable": True,
+            "description": "Queue (FIFO per GPU) for up to this long when it does not fit now (null or 0: "
+            "answer at once).",
         },
     },
     "additionalProperties": False,

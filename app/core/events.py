@@ -130,6 +130,7 @@ class VramDeallocated(Event):
     bytes: int
     reason: str
     residue_bytes: int | None = None  # VRAM still held by us after the free, as NVML saw it
+    residue_by: str | None = None  # who still holds it, for people ("llama-server (pid 4321)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,6 +236,78 @@ class EngineError(Event):
     message: str
 
 
+# --- model servers (Ollama, llama.cpp's server, llama-swap) -------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerDown(Event):
+    """A model server stopped answering (or answers something that is not its API). Sent once per outage;
+    the adapter retries with backoff meanwhile."""
+
+    severity: ClassVar[Severity] = Severity.WARNING
+    server: str  # "ollama" | "llama_cpp" | "llama_swap"
+    url: str
+    message: str
+    retry_in_s: float
+
+    def describe(self) -> str:
+        return f"{self.server} at {self.url} is down: {self.message} (retrying in {self.retry_in_s:.0f} s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerUp(Event):
+    """A model server answers again (or for the first time after it was down)."""
+
+    server: str
+    url: str
+    down_for_s: float
+
+    def describe(self) -> str:
+        return f"{self.server} at {self.url} answers again (was down {self.down_for_s:.0f} s)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPartlyOnCpu(Event):
+    """A server model does not fit in VRAM: part of it runs on the CPU, much slower (Ollama's size_vram <
+    size). Users cannot see this anywhere else."""
+
+    severity: ClassVar[Severity] = Severity.WARNING
+    model: str
+    server: str
+    gpu: int
+    size_bytes: int  # the whole model in memory
+    vram_bytes: int  # the part on the GPU
+
+    def describe(self) -> str:
+        on_gpu = 100 * self.vram_bytes // self.size_bytes if self.size_bytes else 0
+        return (
+            f"{self.model} ({self.server}) runs partly on the CPU: {on_gpu}% of "
+            f"{self.size_bytes / 1e9:.1f} GB is on GPU {self.gpu}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelReloadedWhileHeld(Event):
+    """A client loaded a server model again while VRAM Steward held the GPU free (a game, a pause); it was
+    evicted again. `client` names the client when the server says who asked (Ollama does not)."""
+
+    severity: ClassVar[Severity] = Severity.WARNING
+    model: str
+    server: str
+    gpu: int
+    reason: str  # why the GPU is held: game | pause | user
+    client: str | None = None
+    evicted_again: bool = True
+
+    def describe(self) -> str:
+        who = self.client or "a client"
+        why = {"game": "a game was running", "pause": "VRAM Steward was paused"}.get(
+            self.reason, "the GPU was kept free"
+        )
+        done = "evicted again" if self.evicted_again else "could not evict it again"
+        return f"{who} loaded {self.model} ({self.server}) while {why}; {done}"
+
+
 # --- the audit log -------------------------------------------------------------------------------
 
 
@@ -306,6 +379,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Paused,
         Unpaused,
         EngineError,
+        ServerDown,
+        ServerUp,
+        ModelPartlyOnCpu,
+        ModelReloadedWhileHeld,
     )
 }
 

@@ -179,10 +179,11 @@ class Steward:
 
         games = self.signals.active() if self.signals else ()
         models = self._models()
+        managed_pids = self._managed_pids()  # model servers' runners: ours to free, never foreign
         classification = self.classifier.classify(
             telemetry,
-            self_pids=holder_pids | self._own_pids(),
-            managed_pids=set(),
+            self_pids=(holder_pids - managed_pids) | self._own_pids(),
+            managed_pids=managed_pids,
             games=games,
             our_expected_bytes=self._expected_bytes(models),
         )
@@ -294,6 +295,14 @@ class Steward:
             pids |= holder.pids()
         return pids
 
+    def _managed_pids(self) -> set[int]:
+        """PIDs of the model servers' processes (every holder but the built-in residency)."""
+        pids: set[int] = set()
+        for holder in self.holders:
+            if holder.name != "builtin":
+                pids |= holder.pids()
+        return pids
+
     def _live_pids(self) -> set[int] | None:
         """Every live process, so reservations of clients that died expire; only read when a reservation
         names a pid (a /proc listing costs about a millisecond)."""
@@ -312,8 +321,8 @@ class Steward:
     @staticmethod
     def _expected_bytes(models: Sequence[ModelStatus]) -> dict[int, int]:
         expected: dict[int, int] = {}
-        for m in models:
-            if m.state == ModelState.RESIDENT and m.size_bytes:
+        for m in models:  # only the built-in residency's: servers' runners are matched by PID, as managed
+            if m.state == ModelState.RESIDENT and m.size_bytes and m.holder == "builtin":
                 expected[m.gpu] = expected.get(m.gpu, 0) + m.size_bytes
         return expected
 
@@ -323,8 +332,11 @@ class Steward:
             try:
                 if isinstance(action, Evict):
                     self._evict(action, telemetry)
+                    if action.reason in ("game", "pause", "user"):  # servers evict what clients reload
+                        self._set_hold(True, action.reason)
                 elif isinstance(action, Reload):
                     self._reload(action)
+                    self._set_hold(False, "")
                 elif isinstance(action, RefuseLoads):
                     refused[action.gpu] = action.reason
                 elif isinstance(action, WarnGame):
@@ -349,6 +361,12 @@ class Steward:
                     continue
                 for event in holder.unload(command.model):
                     self._emit(event)
+
+    def _set_hold(self, held: bool, reason: str) -> None:
+        for holder in self.holders:
+            set_hold = getattr(holder, "set_hold", None)
+            if set_hold is not None:
+                set_hold(held, reason)
 
     def _load(
         self,

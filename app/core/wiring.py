@@ -155,6 +155,10 @@ def build_runtime(
             holders.append(
                 ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock)
             )  # type: ignore[attr-defined]
+    if simulate is None and settings.servers:  # real servers only: a simulation must not touch them
+        from app.core.servers import make_server_holders
+
+        holders.extend(make_server_holders(settings, backend=backend, clock=clock))
     aio: AsyncioThread | None = None
     if with_api:
         aio = AsyncioThread()

@@ -2,7 +2,7 @@
 
 It keeps the latest snapshot and renders it at most 10 times a second while a window is open, and once a
 second while only the tray icon shows (a state change renders at once), so the idle cost stays low.
-A notifier subscribes to `worker.event` (every core Event, on the GUI thread).
+A notifier subscribes to `worker.engine_event` (every core Event, on the GUI thread).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class StewardApp(QObject):
         self.settings = settings
         self.config_path = config_path
         self.notices = tuple(notices)
-        self.tray_available = QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
+        self.tray_available = (
+            QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
+        )
         self.snapshot: Any = None
         self.view: TrayView = presenter.starting_view(settings, notices=self.notices)
         self.history = TimelineHistory(clock=clock)
@@ -73,7 +75,7 @@ class StewardApp(QObject):
         self._render_timer.setSingleShot(True)
         self._render_timer.timeout.connect(self.render)
         worker.snapshot.connect(self._on_snapshot)
-        worker.event.connect(self._on_event)
+        worker.engine_event.connect(self._on_event)
         worker.error.connect(self._on_error)
         notice = "\n".join(self.notices)
         if not self.tray_available:
@@ -98,6 +100,8 @@ class StewardApp(QObject):
         return self.dashboard.isVisible() or self.popup.isVisible() or self.tray.menu.isVisible()
 
     def _on_snapshot(self, snapshot: Any) -> None:
+        if self._shut_down:  # a snapshot still queued when Quit was chosen
+            return
         self.snapshot = snapshot
         if snapshot.state != self._last_state:
             self.render()
@@ -107,7 +111,7 @@ class StewardApp(QObject):
     def render(self) -> None:
         """Show the latest snapshot (called by the throttle timer, or at once on a state change)."""
         self._render_timer.stop()
-        if self.snapshot is None:
+        if self.snapshot is None or self._shut_down:
             return
         self.renders += 1
         self._last_state = self.snapshot.state
@@ -120,6 +124,8 @@ class StewardApp(QObject):
             self.popup.set_view(self.view)
 
     def _on_event(self, event: ev.Event) -> None:
+        if self._shut_down:
+            return
         self.dashboard.add_event(event)
         if isinstance(event, ev.ModelsEvicted):
             self.history.mark(event.gpu, "evicted")
@@ -191,6 +197,12 @@ class StewardApp(QObject):
             return
         self._shut_down = True
         self._render_timer.stop()
+        for signal, slot in (
+            (self.worker.snapshot, self._on_snapshot),
+            (self.worker.engine_event, self._on_event),
+            (self.worker.error, self._on_error),
+        ):
+            signal.disconnect(slot)
         self.tray.hide()
         self.worker.stop_and_wait()
         logger.info("VRAM Steward stopped; VRAM released")

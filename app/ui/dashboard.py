@@ -113,7 +113,7 @@ class Dashboard(QMainWindow):
         buttons.addStretch(1)
         layout.addLayout(buttons)
         self.setCentralWidget(central)
-        QShortcut(QKeySequence.StandardKey.Close, self, activated=self.close)
+        QShortcut(QKeySequence(QKeySequence.StandardKey.Close), self, self.close)
 
     @staticmethod
     def _table(columns: Sequence[str]) -> QTableWidget:
@@ -211,6 +211,8 @@ class Dashboard(QMainWindow):
 
     def bring_to_front(self) -> None:
         self.show()
-        self.setWindowState((self.windowState() & ~Qt.WindowState.WindowMinimized) | Qt.WindowState.WindowActive)
+        self.setWindowState(
+            (self.windowState() & ~Qt.WindowState.WindowMinimized) | Qt.WindowState.WindowActive
+        )
         self.raise_()
         self.activateWindow()

@@ -119,7 +119,9 @@ class VramGauge(QWidget):
         legend = "  ".join(f"{s.label} {gib(s.bytes)}" for s in v.segments)
         p.drawText(0, int(below), legend + " GiB")
         if not self._compact:
-            p.drawText(0, int(below + line), f"┆ headroom {gib(v.headroom_bytes)} GiB kept free for the desktop")
+            p.drawText(
+                0, int(below + line), f"┆ headroom {gib(v.headroom_bytes)} GiB kept free for the desktop"
+            )
 
     @staticmethod
     def _label(p: QPainter, rect: QRectF, label: str) -> None:

@@ -29,9 +29,14 @@ class TrayPopup(QFrame):
         self._gauge_box = QVBoxLayout()
         self._layout.addLayout(self._gauge_box)
         button = QPushButton("Open &dashboard")
-        button.clicked.connect(lambda: (self.hide(), open_dashboard()))
+        self._open_dashboard = open_dashboard
+        button.clicked.connect(self._dashboard_clicked)
         self._layout.addWidget(button)
         self.setMinimumWidth(340)
+
+    def _dashboard_clicked(self) -> None:
+        self.hide()
+        self._open_dashboard()
 
     def set_view(self, view: TrayView) -> None:
         self.title.setText(view.title)

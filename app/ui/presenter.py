@@ -172,7 +172,9 @@ def gpu_view(gpu: GpuSnapshot, roles: Mapping[tuple[int, int], str], settings: S
         headroom_bytes=settings.headroom_bytes(gpu.total_bytes),
         segments=segments,
         status_line=(
-            f"GPU {gpu.index}: {problem}" if problem else f"GPU {gpu.index}: {used_total}, {gib(ours)} GiB ours"
+            f"GPU {gpu.index}: {problem}"
+            if problem
+            else f"GPU {gpu.index}: {used_total}, {gib(ours)} GiB ours"
         ),
         tooltip_line=(
             f"GPU {gpu.index}: {problem}"

@@ -28,8 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.core import config
-from app.core.config import SETTING_SPECS, SettingSpec, Settings, SpecKind
+from app.core.config import SETTING_SPECS, Settings, SettingSpec, SpecKind
 from app.core.errors import VramError
+from app.ui import autostart
+from app.ui.qt_compat import emit
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ def make_editor(spec: SettingSpec, value: Any) -> QWidget:
         dspin = QDoubleSpinBox()
         dspin.setDecimals(3)
         dspin.setRange(
-            spec.minimum if spec.minimum is not None else 0.0, spec.maximum if spec.maximum is not None else 1e9
+            spec.minimum if spec.minimum is not None else 0.0,
+            spec.maximum if spec.maximum is not None else 1e9,
         )
         dspin.setValue(float(value))
         if spec.unit:
@@ -124,7 +127,13 @@ class SettingsDialog(QDialog):
             forms[section].addRow(label, editor)
             self.editors[spec.key] = editor
         layout.addWidget(tabs)
-        where = QLabel(f"Saved to {path or 'the default settings file'}. Models, app rules and servers: edit that file.")
+        self.autostart = QCheckBox("Start VRAM Steward when I &log in")
+        self.autostart.setChecked(autostart.is_enabled())
+        self.autostart.setToolTip(f"Writes or removes {autostart.autostart_file()}")
+        layout.addWidget(self.autostart)
+        where = QLabel(
+            f"Saved to {path or 'the default settings file'}. Models, app rules and servers: edit that file."
+        )
         where.setWordWrap(True)
         layout.addWidget(where)
         self.error = QLabel()
@@ -132,7 +141,9 @@ class SettingsDialog(QDialog):
         self.error.setAccessibleName("Settings error")
         self.error.hide()
         layout.addWidget(self.error)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self._save_and_close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
@@ -158,6 +169,8 @@ class SettingsDialog(QDialog):
     def save(self) -> bool:
         """Validate and save; on failure show why and leave the file as it was."""
         try:
+            if self.autostart.isChecked() != autostart.is_enabled():
+                autostart.set_enabled(self.autostart.isChecked())
             changes = self.changes()
             if not changes:
                 self._show_error("")
@@ -175,7 +188,7 @@ class SettingsDialog(QDialog):
         logger.info("settings saved: %s", ", ".join(sorted(changes)))
         self._settings = new
         self._show_error("")
-        self.saved.emit(new)
+        emit(self.saved, new)
         return True
 
     def _save_and_close(self) -> None:

@@ -13,6 +13,8 @@ import logging
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
+from app.ui.qt_compat import emit
+
 logger = logging.getLogger(__name__)
 
 SHOW = b"show\n"
@@ -60,15 +62,16 @@ class SingleInstance(QObject):
         self.server.close()
 
     def _accept(self) -> None:
+        """Read the short request at once (the other launch wrote it right after connecting), then close."""
         while self.server.hasPendingConnections():
             socket = self.server.nextPendingConnection()
-            socket.readyRead.connect(lambda s=socket: self._read(s))
-            socket.disconnected.connect(socket.deleteLater)
-            if socket.bytesAvailable():
-                self._read(socket)
-
-    def _read(self, socket: QLocalSocket) -> None:
-        data = bytes(socket.readAll().data())
-        if b"show" in data:
-            logger.info("another launch asked to show the dashboard")
-            self.show_requested.emit()
+            if socket is None:
+                break
+            if not socket.bytesAvailable():
+                socket.waitForReadyRead(500)
+            data = bytes(socket.readAll().data())
+            socket.disconnectFromServer()
+            socket.deleteLater()
+            if b"show" in data:
+                logger.info("another launch asked to show the dashboard")
+                emit(self.show_requested)

@@ -51,7 +51,9 @@ class TimelineHistory:
         now = self.clock()
         recorded = False
         for g in gpus:
-            series = self.samples.setdefault(g.index, collections.deque(maxlen=int(self.window_s / MIN_STEP_S) + 2))
+            series = self.samples.setdefault(
+                g.index, collections.deque(maxlen=int(self.window_s / MIN_STEP_S) + 2)
+            )
             if series and now - series[-1].at < MIN_STEP_S:
                 continue
             sizes = {s.key: s.bytes for s in g.segments}
@@ -128,7 +130,10 @@ class TimelineWidget(QWidget):
                 upper = [lo + s.stack[layer] for lo, s in zip(lower, series, strict=True)]
                 poly = QPolygonF(
                     [QPointF(x_of(s.at), y_of(u)) for s, u in zip(series, upper, strict=True)]
-                    + [QPointF(x_of(s.at), y_of(lo)) for s, lo in reversed(list(zip(series, lower, strict=True)))]
+                    + [
+                        QPointF(x_of(s.at), y_of(lo))
+                        for s, lo in reversed(list(zip(series, lower, strict=True)))
+                    ]
                 )
                 _, colour, pattern = SEGMENTS[key]
                 fill, over = segment_brushes(colour, pattern, pal)

@@ -35,7 +35,7 @@ def state_icon(name: str) -> QIcon:
         return _icon_cache[name]
     path = icons_dir() / f"{name}.svg"
     icon = QIcon(str(path)) if path.exists() else QIcon()
-    if icon.isNull() or not icon.availableSizes() and icon.pixmap(32, 32).isNull():
+    if icon.isNull() or (not icon.availableSizes() and icon.pixmap(32, 32).isNull()):
         logger.debug("icon %s not loadable from %s; drawing a fallback", name, path)
         icon = _fallback_icon(name)
     _icon_cache[name] = icon

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, Slot
 
 from app.core import events as ev
 from app.core.config import Settings
+from app.ui.qt_compat import emit
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,97 @@ def make_command(kind: str, model: str | None = None, gpu: int | None = None) ->
     return Command(kind=kind, model=model, gpu=gpu)  # type: ignore[arg-type]
 
 
+class _TickLoop(QObject):
+    """Lives in the engine's thread: ticks the Steward on a single-shot QTimer, applies settings, stops."""
+
+    snapshot = Signal(object)
+    engine_event = Signal(object)
+    error = Signal(str)
+    stopped = Signal()
+
+    def __init__(self, steward: Engine, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.steward = steward
+        self.clock = clock
+        self.timer: QTimer | None = None
+        self.stopping = False
+        self.ticks = 0
+        steward.subscribe(self.publish)  # the engine calls this on its own (this) thread
+
+    def publish(self, event: ev.Event) -> None:
+        emit(self.engine_event, event)
+
+    @Slot()
+    def start(self) -> None:
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.timeout.connect(self.tick_now)
+        self.tick_now()
+
+    @Slot()
+    def tick_now(self) -> None:
+        if self.stopping:
+            return
+        interval = ERROR_INTERVAL_S
+        try:
+            snapshot = self.steward.tick()
+            self.ticks += 1
+            interval = float(getattr(snapshot, "next_poll_s", 1.0))
+            emit(self.snapshot, snapshot)
+        except Exception as exc:
+            logger.exception("engine tick failed")
+            message = f"{type(exc).__name__}: {exc}"
+            emit(
+                self.engine_event,
+                ev.EngineError(at=self.clock(), wall_time=time.time(), where="tick", message=message),
+            )
+            emit(self.error, f"The engine failed a tick: {message}")
+        if self.timer is not None and not self.stopping:
+            self.timer.start(max(int(max(interval, MIN_INTERVAL_S) * 1000), 1))
+
+    @Slot(object)
+    def apply_settings(self, settings: Settings) -> None:
+        try:
+            self.steward.update_settings(settings)
+        except Exception as exc:
+            logger.exception("applying settings failed")
+            emit(self.error, f"Could not apply the new settings: {exc}")
+        self.tick_now()
+
+    @Slot()
+    def stop(self) -> None:
+        self.stopping = True
+        if self.timer is not None:
+            self.timer.stop()
+        self.shutdown_engine()
+        emit(self.stopped)
+        thread = QThread.currentThread()
+        app = QCoreApplication.instance()
+        if app is not None:  # hand this object (and its stopped timer) back, so it is freed there
+            self.moveToThread(app.thread())
+        thread.quit()
+
+    def shutdown_engine(self) -> None:
+        try:
+            self.steward.shutdown()
+        except Exception as exc:
+            logger.exception("engine shutdown failed")
+            emit(self.error, f"Releasing VRAM failed: {exc}")
+
+
 class StewardWorker(QObject):
-    """Lives in its own QThread. Create, then `start_in_thread()`; stop with `stop_and_wait()`."""
+    """The GUI thread's handle on the engine thread. Create, `start_in_thread()`, stop with `stop_and_wait()`.
+
+    Its public signals are emitted on the GUI thread (relayed from the engine thread), so any slot or plain
+    function connected to them, a notifier's included, runs on the GUI thread.
+    """
 
     snapshot = Signal(object)  # StewardSnapshot, after every tick
-    event = Signal(object)  # every core Event, as the engine publishes it
+    engine_event = Signal(object)  # every core Event, as the engine publishes it
     error = Signal(str)  # a failed tick or command, in words
     stopped = Signal()  # after the engine released its VRAM
 
-    _wake = Signal()  # GUI thread -> worker thread: tick now (a command is waiting)
+    _wake = Signal()  # -> engine thread: tick now (a command is waiting)
     _settings_in = Signal(object)
     _stop_requested = Signal()
 
@@ -71,130 +154,82 @@ class StewardWorker(QObject):
         super().__init__()
         self._steward = steward
         self._stop_services = stop_services
-        self._clock = clock
-        self._timer: QTimer | None = None
-        self._stopping = False
         self._thread: QThread | None = None
-        self.ticks = 0
-        steward.subscribe(self._on_engine_event)  # runs on the worker thread; signals queue it to the GUI
-        self._wake.connect(self._tick_now)
-        self._settings_in.connect(self._apply_settings)
-        self._stop_requested.connect(self._stop)
+        self._loop = _TickLoop(steward, clock)
+        for theirs, ours in (
+            (self._loop.snapshot, self.snapshot),
+            (self._loop.engine_event, self.engine_event),
+            (self._loop.error, self.error),
+            (self._loop.stopped, self.stopped),
+        ):
+            theirs.connect(ours)  # signal to signal: queued onto this object's (the GUI) thread
+        self._wake.connect(self._loop.tick_now)
+        self._settings_in.connect(self._loop.apply_settings)
+        self._stop_requested.connect(self._loop.stop)
 
-    # --- GUI thread ----------------------------------------------------------------------------
+    @property
+    def ticks(self) -> int:
+        return self._loop.ticks
 
     def start_in_thread(self) -> QThread:
         thread = QThread()
         thread.setObjectName("steward")
-        self.moveToThread(thread)
-        thread.started.connect(self._start)
+        self._loop.moveToThread(thread)
+        thread.started.connect(self._loop.start)
         self._thread = thread
         thread.start()
         return thread
 
     def submit(self, kind: str, model: str | None = None, gpu: int | None = None) -> None:
-        """Queue a command (thread-safe) and wake the worker so it is handled at once, not at the next poll."""
+        """Queue a command (thread-safe) and wake the engine so it is handled now, not at the next poll."""
         try:
             future = self._steward.submit(make_command(kind, model, gpu))
         except Exception as exc:
             logger.exception("could not queue %s", kind)
-            self.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
+            emit(self.error, f"Could not {kind.replace('_', ' ')}: {exc}")
             return
-        future.add_done_callback(lambda f, k=kind: self._command_done(k, f))
-        self._wake.emit()
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            self._command_done(kind, f)
+
+        future.add_done_callback(done)
+        emit(self._wake)
 
     def request_tick(self) -> None:
-        """Tick as soon as the worker thread is free (thread-safe)."""
-        self._wake.emit()
+        """Tick as soon as the engine thread is free."""
+        emit(self._wake)
 
     def apply_settings(self, settings: Settings) -> None:
         """Hand new settings to the engine on its own thread."""
-        self._settings_in.emit(settings)
+        emit(self._settings_in, settings)
 
     def stop_and_wait(self, timeout_s: float = 10.0) -> bool:
-        """Ordered shutdown from the GUI thread. True when the thread ended within the timeout."""
+        """Ordered shutdown: the engine releases VRAM on its thread, then the API and the loop stop, then the
+        thread ends. True when it ended within the timeout."""
         thread = self._thread
+        finished = True
         if thread is None or not thread.isRunning():
-            self._shutdown_engine()
-            self._stop_other_services()
-            return True
-        self._stop_requested.emit()
-        finished = thread.wait(int(timeout_s * 1000))
-        if not finished:
-            logger.warning("the engine thread did not stop within %.0f s", timeout_s)
-        self._stop_other_services()
-        return bool(finished)
-
-    # --- worker thread -------------------------------------------------------------------------
-
-    @Slot()
-    def _start(self) -> None:
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.timeout.connect(self._tick_now)
-        self._tick_now()
-
-    @Slot()
-    def _tick_now(self) -> None:
-        if self._stopping:
-            return
-        interval = ERROR_INTERVAL_S
-        try:
-            snapshot = self._steward.tick()
-            self.ticks += 1
-            interval = float(getattr(snapshot, "next_poll_s", 1.0))
-            self.snapshot.emit(snapshot)
-        except Exception as exc:
-            logger.exception("engine tick failed")
-            message = f"{type(exc).__name__}: {exc}"
-            self.event.emit(ev.EngineError(at=self._clock(), wall_time=time.time(), where="tick", message=message))
-            self.error.emit(f"The engine failed a tick: {message}")
-        if self._timer is not None and not self._stopping:
-            self._timer.start(max(int(max(interval, MIN_INTERVAL_S) * 1000), 1))
-
-    @Slot(object)
-    def _apply_settings(self, settings: Settings) -> None:
-        try:
-            self._steward.update_settings(settings)
-        except Exception as exc:
-            logger.exception("applying settings failed")
-            self.error.emit(f"Could not apply the new settings: {exc}")
-        self._tick_now()
-
-    @Slot()
-    def _stop(self) -> None:
-        self._stopping = True
-        if self._timer is not None:
-            self._timer.stop()
-        self._shutdown_engine()
-        self.stopped.emit()
-        thread = QThread.currentThread()
-        thread.quit()
-
-    def _shutdown_engine(self) -> None:
-        try:
-            self._steward.shutdown()
-        except Exception as exc:
-            logger.exception("engine shutdown failed")
-            self.error.emit(f"Releasing VRAM failed: {exc}")
-
-    def _stop_other_services(self) -> None:
-        if self._stop_services is None:
-            return
-        try:
-            self._stop_services()
-        except Exception:
-            logger.exception("stopping the API and the asyncio loop failed")
-
-    def _on_engine_event(self, event: ev.Event) -> None:
-        self.event.emit(event)
+            self._loop.stopping = True
+            self._loop.shutdown_engine()
+        else:
+            emit(self._stop_requested)
+            finished = bool(thread.wait(int(timeout_s * 1000)))
+            if not finished:
+                logger.warning("the engine thread did not stop within %.0f s", timeout_s)
+        if self._stop_services is not None:
+            try:
+                self._stop_services()
+            except Exception:
+                logger.exception("stopping the API and the asyncio loop failed")
+        return finished
 
     def _command_done(self, kind: str, future: concurrent.futures.Future[Any]) -> None:
+        """Runs on the engine thread when the command's tick is over; emitting from there is queued."""
         if future.cancelled():
             return
         exc = future.exception()
         if exc is not None:
-            self.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
+            emit(self._loop.error, f"Could not {kind.replace('_', ' ')}: {exc}")
 
 
 def runtime_services_stopper(runtime: Any) -> Callable[[], None]:

@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt creates the QApplication
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.gpu.simulated import ManualClock
+from tests.fixtures.ui_engine import SteppedSteward
 
 
 @pytest.fixture(autouse=True)
@@ -31,25 +31,6 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-class SteppedSteward:
-    """The real Steward; each tick first moves the scenario clock on by `step_s`, and the snapshot asks the
-    worker to wait `poll_s` (long by default: the test decides when the next tick happens)."""
-
-    def __init__(self, steward: Any, clock: ManualClock, *, step_s: float = 1.0, poll_s: float = 3600.0) -> None:
-        self.steward = steward
-        self.clock = clock
-        self.step_s = step_s
-        self.poll_s = poll_s
-
-    def tick(self) -> Any:
-        self.clock.advance(self.step_s)
-        snapshot = self.steward.tick()
-        return dataclasses.replace(snapshot, next_poll_s=self.poll_s)
-
-    def __getattr__(self, name: str) -> Any:  # submit, subscribe, update_settings, shutdown
-        return getattr(self.steward, name)
-
-
 @pytest.fixture
 def scenario_clock() -> ManualClock:
     return ManualClock(0.0)
@@ -60,7 +41,9 @@ def sim_runtime(scenario_clock: ManualClock) -> Iterator[Any]:
     """A real runtime (engine + simulated holder) on the game-launch scenario, without API or audit log."""
     from app.core.wiring import build_runtime
 
-    runtime = build_runtime(Settings(), simulate="game-launch", clock=scenario_clock, with_api=False, audit=False)
+    runtime = build_runtime(
+        Settings(), simulate="game-launch", clock=scenario_clock, with_api=False, audit=False
+    )
     yield runtime
     runtime.steward.shutdown()
 

@@ -13,17 +13,19 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.units import MiB
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE_BYTES = 64 * MiB
+T = TypeVar("T")
+
+DEFAULT_CHUNK_SIZE_BYTES = 1 * MiB  # small enough for one GPU thread per chunk to hash at ~200 GB/s
 MANIFEST_VERSION = 1
 
 
@@ -105,6 +107,10 @@ class ChunkHasher:
 
     def submit(self, data: bytes | bytearray | memoryview) -> Future[str]:
         return self._pool.submit(chunk_digest, data)
+
+    def submit_call(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run `fn(*args)` in the pool (e.g. hash all the chunks of one staging buffer)."""
+        return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)

@@ -187,9 +187,11 @@ class ResidencyManager:
                     path=path,
                     chunk_size_bytes=o.chunk_size_bytes,
                     segment_bytes=o.segment_bytes,
+                    staging_bytes=o.staging_bytes,
                     staging_buffers=o.staging_buffers,
                     reader_threads=o.reader_threads,
                     hash_threads=o.hash_threads,
+                    device_digest=o.device_digest,
                 )
             )
         except (OSError, ValueError) as exc:

@@ -1,12 +1,15 @@
-"""Sealing: stream a model file into device memory and digest it on the way; verifying: read it back and
-rehash. Runs inside the residency host, against any `Device` (CUDA, or the simulator's host memory).
+"""Sealing: stream a model file into device memory and digest it on the way; verifying: rehash what is in
+device memory. Runs inside the residency host, against any `Device` (CUDA, or the simulator's host memory).
 
 The stream: several staging buffers in flight; reader threads fill them from the file (os.preadv, no extra
-copy), then each filled buffer is hashed in the ChunkHasher's pool while an asynchronous host-to-device copy
-moves it to the GPU. A staging buffer is refilled only after both its hash and its copy are done.
+copy), and an asynchronous host-to-device copy moves each filled buffer to the GPU. The digest is SHA-256
+per chunk (a fixed size that divides the staging size): on the GPU when the device can (a kernel hashes each
+segment in VRAM once its copies are done: no CPU time, and it hashes what is really resident), otherwise on
+the CPU in the ChunkHasher's threads, from the staging buffer. A staging buffer is refilled only after its
+copy (and its CPU hash, if any) is done.
 
-Device memory is taken in segments (a multiple of the chunk size) as the stream reaches them, so memory that
-another application grabs in the middle of a seal ends in a clean, retriable CudaAllocationFailed with
+Device memory is taken in segments (a multiple of the staging size) as the stream reaches them, so memory
+that another application grabs in the middle of a seal ends in a clean, retriable CudaAllocationFailed with
 everything released, rather than in that application's crash.
 """
 
@@ -29,9 +32,10 @@ from app.core.residency.digest import (
     ChunkHasher,
     Manifest,
     chunk_count,
+    chunk_digest,
     default_hash_threads,
 )
-from app.core.units import GiB
+from app.core.units import GiB, MiB
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,18 @@ class Device(Protocol):
 
     def read_byte(self, block: int, offset: int) -> int: ...
 
+    def can_digest(self) -> bool:
+        """Whether this device hashes chunks itself (a GPU kernel); if not, the CPU does."""
+        ...
+
+    def start_digest(self, block: int, nbytes: int, chunk_size_bytes: int) -> None:
+        """Queue the chunk digests of `block`[:nbytes], after every copy issued so far."""
+        ...
+
+    def collect_digests(self) -> list[str]:
+        """The hex digests of every chunk queued by start_digest, in order; clears the queue."""
+        ...
+
     def close(self) -> None:
         """Free everything (blocks, staging) and release the device."""
         ...
@@ -91,25 +107,32 @@ class Device(Protocol):
 
 @dataclass(frozen=True)
 class SealOptions:
-    chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES
-    segment_bytes: int = 1 * GiB  # device memory is taken in blocks of this size (rounded to whole chunks)
-    staging_buffers: int = 0  # 0: hash_threads + reader_threads + 2
-    reader_threads: int = 2
-    hash_threads: int = 0  # 0: default_hash_threads()
+    chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES  # the digest's unit (what verify can name)
+    staging_bytes: int = 64 * MiB  # one read / one copy; rounded to whole chunks
+    segment_bytes: int = 1 * GiB  # device memory is taken in blocks of this size (rounded to whole stagings)
+    staging_buffers: int = 0  # 0: reader_threads + 2, plus hash_threads when the CPU hashes
+    reader_threads: int = 4
+    hash_threads: int = 0  # 0: default_hash_threads() (used only when the device cannot hash)
+    device_digest: bool = True  # hash on the device when it can
 
-    def resolved(self) -> SealOptions:
-        if self.chunk_size_bytes <= 0:
-            raise ValueError(f"chunk_size_bytes must be positive, got {self.chunk_size_bytes}")
+    def resolved(self, *, cpu_hashing: bool = True) -> SealOptions:
+        if self.chunk_size_bytes <= 0 or self.chunk_size_bytes % 64:
+            raise ValueError(
+                f"chunk_size_bytes must be a positive multiple of 64, got {self.chunk_size_bytes}"
+            )
+        chunk = self.chunk_size_bytes
+        staging = max(chunk, self.staging_bytes // chunk * chunk)
         hashers = self.hash_threads or default_hash_threads()
         readers = max(1, self.reader_threads)
-        buffers = self.staging_buffers or hashers + readers + 2
-        chunks_per_segment = max(1, self.segment_bytes // self.chunk_size_bytes)
+        buffers = self.staging_buffers or readers + 2 + (hashers if cpu_hashing else 0)
         return SealOptions(
-            chunk_size_bytes=self.chunk_size_bytes,
-            segment_bytes=chunks_per_segment * self.chunk_size_bytes,
+            chunk_size_bytes=chunk,
+            staging_bytes=staging,
+            segment_bytes=max(staging, self.segment_bytes // staging * staging),
             staging_buffers=max(2, buffers),
             reader_threads=readers,
             hash_threads=hashers,
+            device_digest=self.device_digest,
         )
 
 
@@ -183,28 +206,42 @@ def _read_fully(fd: int, view: memoryview, offset: int) -> int:
     return done
 
 
-class _Stream:
-    """Bookkeeping for one pass over a model: which staging buffer holds which chunk, and what is pending."""
+def _hash_pieces(view: memoryview, chunk_size_bytes: int) -> list[str]:
+    """CPU digests of the chunks in one staging buffer."""
+    return [chunk_digest(view[i : i + chunk_size_bytes]) for i in range(0, len(view), chunk_size_bytes)]
 
-    def __init__(self, device: Device, options: SealOptions) -> None:
+
+class _Stream:
+    """Bookkeeping for one pass over a model: which staging buffer holds which piece, and what is pending.
+    A "piece" is one staging buffer's worth of the model (staging_bytes, the last one shorter)."""
+
+    def __init__(self, device: Device, options: SealOptions, *, on_device: bool) -> None:
         self.device = device
         self.options = options
-        self.buffers = device.open_staging(options.staging_buffers, options.chunk_size_bytes)
-        self.hasher = ChunkHasher(options.hash_threads)
-        self.hashes: dict[int, Future[str]] = {}
+        self.on_device = on_device
+        self.buffers = device.open_staging(options.staging_buffers, options.staging_bytes)
+        self.hasher = None if on_device else ChunkHasher(options.hash_threads)
+        self.hashes: dict[int, Future[list[str]]] = {}
         self.copies_pending: set[int] = set()
 
-    def buffer_of(self, chunk: int) -> int:
-        return chunk % len(self.buffers)
+    def buffer_of(self, piece: int) -> int:
+        return piece % len(self.buffers)
 
-    def make_free(self, buffer: int, previous_chunk: int) -> None:
-        """Wait until `buffer` may be overwritten: its last chunk's hash and copy are done."""
-        future = self.hashes.get(previous_chunk)
+    def hash_on_cpu(self, piece: int, view: memoryview) -> None:
+        assert self.hasher is not None
+        self.hashes[piece] = self.hasher.submit_call(_hash_pieces, view, self.options.chunk_size_bytes)
+
+    def make_free(self, buffer: int, previous_piece: int) -> None:
+        """Wait until `buffer` may be overwritten: its last piece's copy (and CPU hash) are done."""
+        future = self.hashes.get(previous_piece)
         if future is not None:
             future.result()
         if buffer in self.copies_pending:
             self.device.wait_buffer(buffer)
             self.copies_pending.discard(buffer)
+
+    def cpu_digests(self, pieces: int) -> list[str]:
+        return [digest for piece in range(pieces) for digest in self.hashes[piece].result()]
 
     def drain(self) -> None:
         """Wait for everything in flight (also after an error, before any buffer or block is released)."""
@@ -217,14 +254,30 @@ class _Stream:
             except Exception as exc:  # the error that brought us here matters more
                 logger.warning("waiting for a copy on staging buffer %d failed: %s", buffer, exc)
         self.copies_pending.clear()
+        if self.on_device:
+            try:
+                self.device.collect_digests()  # the digest kernels read the blocks: let them finish
+            except Exception as exc:
+                logger.warning("waiting for the device digests failed: %s", exc)
 
     def close(self) -> None:
         self.drain()
-        self.hasher.close()
+        if self.hasher is not None:
+            self.hasher.close()
         for view in self.buffers:  # drop our views first, so the device can really free its pinned memory
             view.release()
         self.buffers = []
         self.device.close_staging()
+
+
+def _use_device_digest(device: Device, options: SealOptions) -> bool:
+    if not options.device_digest:
+        return False
+    try:
+        return device.can_digest()
+    except Exception as exc:
+        logger.warning("the device cannot hash (%s); hashing on the CPU", exc)
+        return False
 
 
 def seal_file(
@@ -242,13 +295,15 @@ def seal_file(
     Raises ModelFileError (missing, unreadable, empty, changed while read), CudaAllocationFailed (out of
     memory part-way) or SealCancelled; in every case nothing stays allocated.
     """
-    options = options.resolved()
     started = clock()
     fd, total = open_model_file(path)
-    resident = ResidentModel(model, path, total, options.segment_bytes)
     stream: _Stream | None = None
+    resident: ResidentModel | None = None
     try:
-        stream = _Stream(device, options)
+        on_device = _use_device_digest(device, options)
+        options = options.resolved(cpu_hashing=not on_device)
+        resident = ResidentModel(model, path, total, options.segment_bytes)
+        stream = _Stream(device, options, on_device=on_device)
         digests = _stream_in(stream, fd, resident, progress, cancel)
         after = os.fstat(fd).st_size
         if after != total:
@@ -261,7 +316,8 @@ def seal_file(
     except BaseException:
         if stream is not None:
             stream.drain()
-        resident.free(device)
+        if resident is not None:
+            resident.free(device)
         raise
     finally:
         os.close(fd)
@@ -278,44 +334,48 @@ def _stream_in(
     cancel: threading.Event | None,
 ) -> list[str]:
     options = stream.options
-    chunk = options.chunk_size_bytes
+    piece_bytes = options.staging_bytes
     total = resident.total_bytes
-    chunks = chunk_count(total, chunk)
+    pieces = chunk_count(total, piece_bytes)
     buffers = len(stream.buffers)
     reads: deque[Future[int]] = deque()
     submitted = 0
     done_bytes = 0
     with ThreadPoolExecutor(max_workers=options.reader_threads, thread_name_prefix="model-read") as readers:
         try:
-            for index in range(chunks):
-                while submitted < chunks and submitted - index < buffers:
+            for index in range(pieces):
+                while submitted < pieces and submitted - index < buffers:
                     buffer = stream.buffer_of(submitted)
                     stream.make_free(buffer, submitted - buffers)
-                    size = min(chunk, total - submitted * chunk)
+                    size = min(piece_bytes, total - submitted * piece_bytes)
                     view = stream.buffers[buffer][:size]
-                    reads.append(readers.submit(_read_fully, fd, view, submitted * chunk))
+                    reads.append(readers.submit(_read_fully, fd, view, submitted * piece_bytes))
                     submitted += 1
                 if cancel is not None and cancel.is_set():
                     raise SealCancelled(f"{resident.name}: cancelled", details={"model": resident.name})
-                size = min(chunk, total - index * chunk)
+                offset = index * piece_bytes
+                size = min(piece_bytes, total - offset)
                 got = reads.popleft().result()
                 if got != size:
                     raise ModelFileError(
                         path=resident.path,
                         problem=(
-                            f"ended early: expected {total} bytes, the read at offset {index * chunk} "
+                            f"ended early: expected {total} bytes, the read at offset {offset} "
                             f"got {got} of {size} (was it truncated while loading?)"
                         ),
                         suggestion="Wait until the file is completely written, then load it again",
                     )
-                offset = index * chunk
                 if offset % options.segment_bytes == 0:
                     _allocate_segment(stream.device, resident, min(options.segment_bytes, total - offset))
                 buffer = stream.buffer_of(index)
-                stream.hashes[index] = stream.hasher.submit(stream.buffers[buffer][:size])
+                if not stream.on_device:
+                    stream.hash_on_cpu(index, stream.buffers[buffer][:size])
                 block, inner = resident.locate(offset)
                 stream.device.copy_to_device(block, inner, buffer, size)
                 stream.copies_pending.add(buffer)
+                end = offset + size
+                if stream.on_device and (end % options.segment_bytes == 0 or end == total):
+                    stream.device.start_digest(block, inner + size, options.chunk_size_bytes)
                 done_bytes += size
                 if progress is not None:
                     progress(done_bytes, total)
@@ -324,8 +384,10 @@ def _stream_in(
                 pending.cancel()
                 if not pending.cancelled():
                     pending.exception()
+    if stream.on_device:
+        return stream.device.collect_digests()
     stream.drain()
-    return [stream.hashes[i].result() for i in range(chunks)]
+    return stream.cpu_digests(pieces)
 
 
 def _allocate_segment(device: Device, resident: ResidentModel, nbytes: int) -> None:
@@ -346,37 +408,45 @@ def verify_resident(
     resident: ResidentModel,
     options: SealOptions = SealOptions(),
 ) -> list[str]:
-    """Read the model back from device memory chunk by chunk and return each chunk's digest."""
+    """The digest of each chunk of the model as it is in device memory now (on the device when it can hash,
+    else read back through staging buffers and hashed on the CPU)."""
     if resident.manifest is None:
         raise ValueError(f"{resident.name} has no manifest to verify against")
+    chunk = resident.manifest.chunk_size_bytes
+    total = resident.total_bytes
+    on_device = _use_device_digest(device, options)
+    if on_device:
+        for i, block in enumerate(resident.blocks):
+            device.start_digest(block, min(resident.segment_bytes, total - i * resident.segment_bytes), chunk)
+        return device.collect_digests()
+    staging = max(chunk, min(options.staging_bytes, resident.segment_bytes) // chunk * chunk)
+    while resident.segment_bytes % staging:  # a piece must not straddle two segments
+        staging -= chunk
     options = SealOptions(
-        chunk_size_bytes=resident.manifest.chunk_size_bytes,
+        chunk_size_bytes=chunk,
+        staging_bytes=staging,
         segment_bytes=resident.segment_bytes,
         staging_buffers=options.staging_buffers,
         reader_threads=options.reader_threads,
         hash_threads=options.hash_threads,
-    ).resolved()
-    chunk = options.chunk_size_bytes
-    total = resident.total_bytes
-    chunks = chunk_count(total, chunk)
-    stream = _Stream(device, options)
+    ).resolved(cpu_hashing=True)
+    pieces = chunk_count(total, staging)
+    stream = _Stream(device, options, on_device=False)
     try:
         buffers = len(stream.buffers)
         issued = 0
-        for index in range(chunks):
-            while issued < chunks and issued - index < buffers:
+        for index in range(pieces):
+            while issued < pieces and issued - index < buffers:
                 buffer = stream.buffer_of(issued)
                 stream.make_free(buffer, issued - buffers)
-                block, inner = resident.locate(issued * chunk)
-                size = min(chunk, total - issued * chunk)
-                device.copy_to_host(block, inner, buffer, size)
+                block, inner = resident.locate(issued * staging)
+                device.copy_to_host(block, inner, buffer, min(staging, total - issued * staging))
                 stream.copies_pending.add(buffer)
                 issued += 1
             buffer = stream.buffer_of(index)
             device.wait_buffer(buffer)
             stream.copies_pending.discard(buffer)
-            size = min(chunk, total - index * chunk)
-            stream.hashes[index] = stream.hasher.submit(stream.buffers[buffer][:size])
-        return [stream.hashes[i].result() for i in range(chunks)]
+            stream.hash_on_cpu(index, stream.buffers[buffer][: min(staging, total - index * staging)])
+        return stream.cpu_digests(pieces)
     finally:
         stream.close()

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.core.residency.digest import chunk_digest
 from app.core.residency.seal import DeviceOutOfMemory
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,21 @@ class SimulatedGpuMemory(Protocol):
 class SimulatedDevice:
     """Device memory in host bytearrays; see the module docstring."""
 
-    def __init__(self, gpu: int, *, backend: SimulatedGpuMemory | None = None, pid: int = 0) -> None:
+    def __init__(
+        self,
+        gpu: int,
+        *,
+        backend: SimulatedGpuMemory | None = None,
+        pid: int = 0,
+        device_digest: bool = False,
+    ) -> None:
+        """`device_digest`: hash chunks "on the device" (as the CUDA kernel does), so that path of seal and
+        verify runs without a GPU too."""
         self.gpu = gpu
         self.pid = pid
         self._backend = backend
+        self._device_digest = device_digest
+        self._digests: list[str] = []
         self._blocks: dict[int, bytearray] = {}
         self._next_block = 1
         self._staging: list[bytearray] = []
@@ -86,6 +98,21 @@ class SimulatedDevice:
 
     def read_byte(self, block: int, offset: int) -> int:
         return self._blocks[block][offset]
+
+    def can_digest(self) -> bool:
+        return self._device_digest
+
+    def start_digest(self, block: int, nbytes: int, chunk_size_bytes: int) -> None:
+        if not self._device_digest:
+            raise NotImplementedError("this SimulatedDevice hashes on the CPU (device_digest=False)")
+        data = memoryview(self._blocks[block])[:nbytes]
+        self._digests.extend(
+            chunk_digest(data[i : i + chunk_size_bytes]) for i in range(0, nbytes, chunk_size_bytes)
+        )
+
+    def collect_digests(self) -> list[str]:
+        digests, self._digests = self._digests, []
+        return digests
 
     def close(self) -> None:
         for block in list(self._blocks):

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.gpu.simulated import ManualClock
 from app.core.units import GiB, MiB
-from tests.fixtures.api_server import CONTENTION_SCENARIO, ApiHandle
+from tests.fixtures.api_server import CONTENTION_SCENARIO, CONTENTION_SETTINGS, ApiHandle
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_a_reservation_is_granted_201_and_counts_in_the_ledger(frozen: ApiHandle
 def test_api_reservations_count_in_admission_like_our_own_loads(
     start: Callable[..., ApiHandle], clock: ManualClock
 ) -> None:
-    api = start(scenario=CONTENTION_SCENARIO, clock=clock)
+    api = start(scenario=CONTENTION_SCENARIO, settings=CONTENTION_SETTINGS, clock=clock)
     api.call("/v1/models/llama-13b/unload", method="POST", body={})
     api.wait_ticks(2)
     free = available(api)

@@ -21,6 +21,7 @@ from app.core.residency.simulated_device import SimulatedDevice
 from app.core.units import KiB, MiB
 
 CHUNK = 64 * KiB  # small chunks so a few MiB make many of them
+STAGING = 2 * CHUNK  # each staging buffer holds two chunks
 SEGMENT = 256 * KiB  # device memory in blocks of 4 chunks: a seal allocates several times
 
 
@@ -81,6 +82,7 @@ def make_world(
     timeline: str = "",
     wrap_device: Callable[[SimulatedDevice, World], Device] | None = None,
     manifest_dir: Path | None = None,
+    device_digest: bool = False,
 ) -> World:
     clock = ManualClock()
     backend = SimulatedBackend(parse_scenario(scenario_text(total, foreign, timeline)), clock=clock)
@@ -90,7 +92,7 @@ def make_world(
     holder: list[World] = []
 
     def device(gpu: int, pid: int) -> Device:
-        sim = SimulatedDevice(gpu, backend=backend, pid=pid)
+        sim = SimulatedDevice(gpu, backend=backend, pid=pid, device_digest=device_digest)
         holder[0].devices.append(sim)
         return sim if wrap_device is None else wrap_device(sim, holder[0])
 
@@ -105,7 +107,12 @@ def make_world(
         measure_ours=measure_from_backend(backend, lambda: manager.pids()),
         manifest_dir=manifest_dir if manifest_dir is not None else tmp_path / "manifests",
         seal_options=SealOptions(
-            chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2, hash_threads=2
+            chunk_size_bytes=CHUNK,
+            staging_bytes=STAGING,
+            segment_bytes=SEGMENT,
+            staging_buffers=3,
+            reader_threads=2,
+            hash_threads=2,
         ),
         reply_timeout_s=10.0,
         confirm_timeout_s=0.5,

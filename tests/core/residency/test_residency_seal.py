@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from residency_world import CHUNK, SEGMENT, expected_chunks, expected_digest, scenario_text, write_model
+from residency_world import CHUNK, SEGMENT, STAGING, expected_chunks, expected_digest, scenario_text, write_model
 
 from app.core.errors import CudaAllocationFailed, ModelFileError
 from app.core.gpu.scenario import parse_scenario
@@ -19,7 +19,8 @@ from app.core.units import KiB, MiB
 
 PID = 4_200_001
 OPTIONS = SealOptions(
-    chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2, hash_threads=2
+    chunk_size_bytes=CHUNK, staging_bytes=STAGING, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2,
+    hash_threads=2,
 )
 
 

@@ -66,6 +66,7 @@ class _Host:
         self.busy: dict[str, _Job] = {}
         self.jobs: queue.Queue[object] = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="residency-host-job", daemon=True)
+        self.verify_options = SealOptions()  # the last seal's I/O settings (the chunk size is the manifest's)
 
     def send(self, message: p.Reply) -> None:
         with self.send_lock:
@@ -165,7 +166,7 @@ class _Host:
             self._seal(request, job.cancel)
         elif isinstance(request, p.VerifyRequest):
             started = self.clock()
-            digests = verify_resident(self.device, self.models[request.model])
+            digests = verify_resident(self.device, self.models[request.model], self.verify_options)
             self.send(p.Verified(request.model, tuple(digests), self.clock() - started))
         else:
             resident = self.models[request.model]
@@ -188,10 +189,13 @@ class _Host:
         options = SealOptions(
             chunk_size_bytes=request.chunk_size_bytes,
             segment_bytes=request.segment_bytes,
+            staging_bytes=request.staging_bytes,
             staging_buffers=request.staging_buffers,
             reader_threads=request.reader_threads,
             hash_threads=request.hash_threads,
+            device_digest=request.device_digest,
         )
+        self.verify_options = options
         resident, seconds = seal_file(
             self.device,
             model=request.model,

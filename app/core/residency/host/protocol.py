@@ -28,9 +28,11 @@ class SealRequest:
     path: str
     chunk_size_bytes: int
     segment_bytes: int
+    staging_bytes: int = 64 * 1024 * 1024
     staging_buffers: int = 0
-    reader_threads: int = 2
+    reader_threads: int = 4
     hash_threads: int = 0
+    device_digest: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""The presentation rules, pure: snapshot -> labels, icon, colours and patterns, tooltip, menu state."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.config import Settings
+from app.core.gpu.snapshot import BackendState, GpuState
+from app.core.holders import ModelState
+from app.core.units import GiB, MiB
+from app.ui import presenter
+from app.ui.presenter import present, process_rows
+from tests.fixtures import ui_snapshots as snaps
+
+SETTINGS = Settings()
+ALL_ICONS = {"resident", "evicted-for-game", "paused", "no-gpu", "error", "idle"}
+
+
+def test_gpu_status_line_and_tooltip_say_used_total_ours_and_free() -> None:
+    view = present(snaps.snapshot("active"), SETTINGS)
+    (gpu,) = view.gpus
+    # 3 GiB ours + 0.5 GiB desktop + 2 GiB game = 5.5 GiB of 12
+    assert gpu.status_line == "GPU 0: 5.5 / 12.0 GiB used, 3.0 GiB ours"
+    assert gpu.tooltip_line == "GPU 0: 5.5 / 12.0 GiB used, 6.5 GiB free"
+    assert view.tooltip.splitlines() == ["VRAM Steward: Models resident", gpu.tooltip_line]
+
+
+def test_gauge_segments_split_used_vram_by_role_and_add_up_to_total() -> None:
+    (gpu,) = present(snaps.snapshot(), SETTINGS).gpus
+    sizes = {s.key: s.bytes for s in gpu.segments}
+    assert sizes == {
+        "ours": 3 * GiB,
+        "desktop": 512 * MiB,
+        "games_other": 2 * GiB,
+        "free": 12 * GiB - 5632 * MiB,
+    }
+    assert sum(sizes.values()) == gpu.total_bytes
+    # every segment is told apart by pattern and label too, not by colour alone
+    assert len({s.pattern for s in gpu.segments}) == 4
+    assert [s.label for s in gpu.segments] == ["ours", "desktop", "games + other apps", "free"]
+    assert gpu.headroom_bytes == max(2 * GiB, int(12 * GiB * 0.10))
+
+
+def test_unattributed_vram_counts_as_other_apps() -> None:
+    g = snaps.gpu(ours=0, desktop=0, game=0)
+    g = type(g)(**{**{f: getattr(g, f) for f in g.__slots__}, "used_bytes": 1 * GiB, "free_bytes": 11 * GiB})
+    (view,) = present(snaps.snapshot("idle", gpus=(g,), models=()), SETTINGS).gpus
+    assert {s.key: s.bytes for s in view.segments}["games_other"] == 1 * GiB
+
+
+@pytest.mark.parametrize(
+    ("state", "icon", "title", "pause_text"),
+    [
+        ("idle", "idle", "Idle: no models loaded", "Pause"),
+        ("active", "resident", "Models resident", "Pause"),
+        ("evicted_for_game", "evicted-for-game", "Models freed for a game", "Pause"),
+        ("evicted_for_pressure", "evicted-for-game", "Models freed: another app needs VRAM", "Pause"),
+        ("cooldown", "evicted-for-game", "Waiting for the GPU to stay free", "Pause"),
+        ("paused", "paused", "Paused", "Resume"),
+        ("dedicated_blocked", "paused", "Waiting: other compute apps use the GPU", "Pause"),
+        ("thermal", "paused", "Paused: GPU too hot", "Pause"),
+        ("no_gpu", "no-gpu", "No NVIDIA GPU", "Pause"),
+        ("error", "error", "Error: GPU monitoring failed", "Pause"),
+    ],
+)
+def test_each_engine_state_has_its_icon_words_and_pause_entry(
+    state: str, icon: str, title: str, pause_text: str
+) -> None:
+    view = present(snaps.snapshot(state), SETTINGS)
+    assert (view.icon, view.title, view.pause_text) == (icon, title, pause_text)
+    assert view.pause_command == pause_text.lower()
+    assert view.icon in ALL_ICONS
+    assert view.tooltip.startswith(f"VRAM Steward: {title}")
+
+
+def test_every_engine_state_is_known_to_the_presenter() -> None:
+    from app.core.policy.actions import EngineState
+
+    assert {str(s) for s in EngineState} <= set(presenter.STATES)
+
+
+def test_active_with_nothing_resident_shows_the_idle_icon() -> None:
+    view = present(snaps.snapshot("active", models=(snaps.model(ModelState.UNLOADED),)), SETTINGS)
+    assert view.icon == "idle"
+    assert view.evict_enabled is False
+
+
+def test_paused_flag_offers_resume_even_in_another_state() -> None:
+    view = present(snaps.snapshot("evicted_for_game", paused=True), SETTINGS)
+    assert (view.pause_text, view.pause_command) == ("Resume", "resume")
+
+
+def test_model_entries_toggle_between_load_and_unload() -> None:
+    models = (
+        snaps.model(ModelState.RESIDENT, name="a"),
+        snaps.model(ModelState.EVICTED, name="b"),
+        snaps.model(ModelState.LOADING, name="c", progress_done_bytes=1 * GiB, progress_total_bytes=4 * GiB),
+        snaps.model(ModelState.FAILED, name="d"),
+    )
+    view = present(snaps.snapshot("active", models=models), SETTINGS)
+    got = {m.name: (m.menu_text, m.command, m.checked) for m in view.models}
+    assert got == {
+        "a": ("a: resident (3.0 GiB)", "unload", True),
+        "b": ("b: evicted (3.0 GiB)", "load", False),
+        "c": ("c: loading 25 % (3.0 GiB)", "unload", True),
+        "d": ("d: failed (3.0 GiB)", "load", False),
+    }
+    assert view.models[2].progress_percent == 25
+    assert view.models[0].progress_percent is None
+    assert view.models[0].digest_short == "9f86d081884c"
+    assert view.models[0].load_text == "0.8 s at 4.0 GB/s"
+    assert view.evict_enabled is True
+
+
+def test_toggles_mirror_the_settings() -> None:
+    settings = Settings(auto_evict=False, auto_pause_for_gaming=True)
+    view = present(snaps.snapshot(), settings)
+    assert (view.auto_evict, view.auto_pause_for_gaming) == (False, True)
+
+
+def test_backend_problem_and_app_notices_reach_the_tooltip() -> None:
+    snap = snaps.snapshot(
+        "no_gpu", gpus=(), models=(), backend_state=BackendState.NO_DRIVER, message="NVIDIA driver not found"
+    )
+    view = present(snap, SETTINGS, notices=["No NVIDIA GPU found: running a simulation"])
+    assert view.notes == ("No NVIDIA GPU found: running a simulation", "NVIDIA driver not found")
+    assert view.tooltip.splitlines() == [
+        "VRAM Steward: No NVIDIA GPU",
+        "No NVIDIA GPU found: running a simulation",
+        "NVIDIA driver not found",
+    ]
+
+
+def test_a_lost_gpu_says_so_instead_of_numbers() -> None:
+    g = snaps.gpu()
+    lost = type(g)(
+        **{**{f: getattr(g, f) for f in g.__slots__}, "state": GpuState.LOST, "message": "fell off the bus"}
+    )
+    (view,) = present(snaps.snapshot("error", gpus=(lost,)), SETTINGS).gpus
+    assert view.problem == "fell off the bus"
+    assert view.status_line == "GPU 0: fell off the bus"
+
+
+def test_process_rows_largest_first_with_roles() -> None:
+    rows = process_rows(snaps.snapshot())
+    assert [(r.name, r.role, r.vram_text) for r in rows] == [
+        ("vram-steward-host", "self", "3.0 GiB"),
+        ("Cyberpunk2077.exe", "game", "2.0 GiB"),
+        ("Xorg", "desktop", "512.0 MiB"),
+    ]
+
+
+def test_starting_view_before_the_first_snapshot() -> None:
+    view = presenter.starting_view(SETTINGS, notices=["Simulation"])
+    assert view.title == "Starting"
+    assert view.evict_enabled is False
+    assert view.tooltip == "VRAM Steward: Starting\nSimulation"
