@@ -145,6 +145,9 @@ class SelfTest:
     # --- CuPy and the residency host (both in spawned processes, as in the app) -----------------
 
     def check_cupy(self) -> CheckResult:
+        # `import cupy` creates its kernel cache (default ~/.cupy): keep it in our cache dir, which
+        # `uninstall.sh --purge` removes. The spawned processes (this probe, the host) inherit it.
+        os.environ.setdefault("CUPY_CACHE_DIR", str(cupy_cache_dir()))
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe(duplex=True)
         process = context.Process(target=cupy_probe, args=(theirs,), name="vram-steward-self-test-cupy")
@@ -292,6 +295,14 @@ def cupy_probe(conn: Connection) -> None:
             conn.send((FAIL, f"{type(cause).__name__}: {cause}"))
     finally:
         conn.close()
+
+
+def cupy_cache_dir() -> Path:
+    import platformdirs
+
+    from app.core.paths import APP_NAME
+
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "cupy-kernels"
 
 
 def session_bus_address() -> str | None:

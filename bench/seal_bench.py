@@ -69,7 +69,7 @@ def warm(path: Path) -> None:
             pass
 
 
-def measure_ours(path: Path, options: dict[str, int], runs: int) -> dict[str, Any]:
+def measure_ours(path: Path, options: dict[str, Any], runs: int) -> dict[str, Any]:
     from app.core.gpu.nvml import NvmlBackend
     from app.core.residency.host.process import ProcessHostLauncher
     from app.core.residency.ledger import Ledgers
@@ -217,11 +217,12 @@ def main() -> int:
     parser.add_argument("--size-gib", type=float, default=16.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the files go")
-    parser.add_argument("--chunk-mib", type=int, default=64)
+    parser.add_argument("--chunk-mib", type=float, default=1.0, help="the digest's chunk size")
     parser.add_argument(
         "--variants",
-        default="2:0,4:0,4:12",
-        help="reader_threads:hash_threads pairs to try (0 = the default hash thread count)",
+        default="4:gpu,6:gpu,8:gpu,4:cpu",
+        help="reader_threads:where-hashed (gpu = the SHA-256 kernel, cpu = the default hash threads; "
+        "cpuN = N threads), the first is the default",
     )
     args = parser.parse_args()
     nbytes = int(args.size_gib * GiB)
@@ -260,16 +261,19 @@ def main() -> int:
         results["gpu"] = None
     ours = []
     for variant in args.variants.split(","):
-        readers, hashers = (int(x) for x in variant.split(":"))
+        readers_text, where = variant.split(":")
+        readers = int(readers_text)
+        hashers = int(where[3:] or 0) if where.startswith("cpu") else 0
         options = {
-            "chunk_size_bytes": args.chunk_mib * MiB,
+            "chunk_size_bytes": int(args.chunk_mib * MiB),
             "reader_threads": readers,
             "hash_threads": hashers,
+            "device_digest": where == "gpu",
         }
         measured = measure_ours(data, options, args.runs)
         best = measured["best"]
         print(
-            f"ours readers={readers} hashers={hashers or 'default'}: {best['seal_gb_per_s']:.2f} GB/s "
+            f"ours readers={readers} hashed on {where}: {best['seal_gb_per_s']:.2f} GB/s "
             f"(end to end {best['end_to_end_gb_per_s']:.2f}), CPU {best['cpu_seconds']:.1f} s",
             flush=True,
         )

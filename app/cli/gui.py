@@ -111,9 +111,15 @@ def choose_backend(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     problem = display_problem()
+    reason = f"No display: {problem}"
+    if problem is None:
+        from app.ui.qt_compat import binding_problem
+
+        problem = binding_problem()
+        reason = f"Cannot start the tray app: {problem}"
     if problem is not None:
         notices = choose_backend(args)
-        print(f"No display: {problem}. Running the headless daemon instead.", flush=True)
+        print(f"{reason.rstrip('.')}. Running the headless daemon instead.", flush=True)
         from app.cli.daemon import run_daemon
 
         return run_daemon(args, notice="\n".join(notices) or None)

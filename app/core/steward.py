@@ -344,6 +344,8 @@ class Steward:
             except Exception as exc:
                 logger.exception("action %s failed", action)
                 self._emit(ev.EngineError(at=self.clock(), where=type(action).__name__, message=str(exc)))
+        if decision.state in (EngineState.ACTIVE, EngineState.IDLE):  # nothing is held out (any more)
+            self._set_hold(False, "")
         blocked = decision.state in (
             EngineState.PAUSED,
             EngineState.EVICTED_FOR_GAME,

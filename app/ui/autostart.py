@@ -40,7 +40,7 @@ def desktop_entry(command: str) -> str:
         f"Exec={command} gui\n"
         "Icon=vram-steward\n"
         "Terminal=false\n"
-        "Categories=Utility;System;\n"
+        "Categories=System;Monitor;\n"
         "X-GNOME-Autostart-enabled=true\n"
     )
 

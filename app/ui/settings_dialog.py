@@ -31,7 +31,6 @@ from app.core import config
 from app.core.config import SETTING_SPECS, Settings, SettingSpec, SpecKind
 from app.core.errors import VramError
 from app.ui import autostart
-from app.ui.qt_compat import emit
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class SettingsDialog(QDialog):
         logger.info("settings saved: %s", ", ".join(sorted(changes)))
         self._settings = new
         self._show_error("")
-        emit(self.saved, new)
+        self.saved.emit(new)
         return True
 
     def _save_and_close(self) -> None:

@@ -13,8 +13,6 @@ import logging
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
-from app.ui.qt_compat import emit
-
 logger = logging.getLogger(__name__)
 
 SHOW = b"show\n"
@@ -74,4 +72,4 @@ class SingleInstance(QObject):
             socket.deleteLater()
             if b"show" in data:
                 logger.info("another launch asked to show the dashboard")
-                emit(self.show_requested)
+                self.show_requested.emit()

@@ -21,7 +21,6 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, S
 
 from app.core import events as ev
 from app.core.config import Settings
-from app.ui.qt_compat import emit
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class _TickLoop(QObject):
         steward.subscribe(self.publish)  # the engine calls this on its own (this) thread
 
     def publish(self, event: ev.Event) -> None:
-        emit(self.engine_event, event)
+        self.engine_event.emit(event)
 
     @Slot()
     def start(self) -> None:
@@ -86,15 +85,14 @@ class _TickLoop(QObject):
             snapshot = self.steward.tick()
             self.ticks += 1
             interval = float(getattr(snapshot, "next_poll_s", 1.0))
-            emit(self.snapshot, snapshot)
+            self.snapshot.emit(snapshot)
         except Exception as exc:
             logger.exception("engine tick failed")
             message = f"{type(exc).__name__}: {exc}"
-            emit(
-                self.engine_event,
+            self.engine_event.emit(
                 ev.EngineError(at=self.clock(), wall_time=time.time(), where="tick", message=message),
             )
-            emit(self.error, f"The engine failed a tick: {message}")
+            self.error.emit(f"The engine failed a tick: {message}")
         if self.timer is not None and not self.stopping:
             self.timer.start(max(int(max(interval, MIN_INTERVAL_S) * 1000), 1))
 
@@ -104,7 +102,7 @@ class _TickLoop(QObject):
             self.steward.update_settings(settings)
         except Exception as exc:
             logger.exception("applying settings failed")
-            emit(self.error, f"Could not apply the new settings: {exc}")
+            self.error.emit(f"Could not apply the new settings: {exc}")
         self.tick_now()
 
     @Slot()
@@ -113,7 +111,7 @@ class _TickLoop(QObject):
         if self.timer is not None:
             self.timer.stop()
         self.shutdown_engine()
-        emit(self.stopped)
+        self.stopped.emit()
         thread = QThread.currentThread()
         app = QCoreApplication.instance()
         if app is not None:  # hand this object (and its stopped timer) back, so it is freed there
@@ -125,7 +123,7 @@ class _TickLoop(QObject):
             self.steward.shutdown()
         except Exception as exc:
             logger.exception("engine shutdown failed")
-            emit(self.error, f"Releasing VRAM failed: {exc}")
+            self.error.emit(f"Releasing VRAM failed: {exc}")
 
 
 class StewardWorker(QObject):
@@ -186,22 +184,22 @@ class StewardWorker(QObject):
             future = self._steward.submit(make_command(kind, model, gpu))
         except Exception as exc:
             logger.exception("could not queue %s", kind)
-            emit(self.error, f"Could not {kind.replace('_', ' ')}: {exc}")
+            self.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
             return
 
         def done(f: concurrent.futures.Future[Any]) -> None:
             self._command_done(kind, f)
 
         future.add_done_callback(done)
-        emit(self._wake)
+        self._wake.emit()
 
     def request_tick(self) -> None:
         """Tick as soon as the engine thread is free."""
-        emit(self._wake)
+        self._wake.emit()
 
     def apply_settings(self, settings: Settings) -> None:
         """Hand new settings to the engine on its own thread."""
-        emit(self._settings_in, settings)
+        self._settings_in.emit(settings)
 
     def stop_and_wait(self, timeout_s: float = 10.0) -> bool:
         """Ordered shutdown: the engine releases VRAM on its thread, then the API and the loop stop, then the
@@ -212,7 +210,7 @@ class StewardWorker(QObject):
             self._loop.stopping = True
             self._loop.shutdown_engine()
         else:
-            emit(self._stop_requested)
+            self._stop_requested.emit()
             finished = bool(thread.wait(int(timeout_s * 1000)))
             if not finished:
                 logger.warning("the engine thread did not stop within %.0f s", timeout_s)
@@ -229,7 +227,7 @@ class StewardWorker(QObject):
             return
         exc = future.exception()
         if exc is not None:
-            emit(self._loop.error, f"Could not {kind.replace('_', ' ')}: {exc}")
+            self._loop.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
 
 
 def runtime_services_stopper(runtime: Any) -> Callable[[], None]:

@@ -31,7 +31,8 @@ from app.core.residency.seal import SealOptions
 
 GiB = 1 << 30
 MiB = 1 << 20
-CHUNK = 64 * MiB
+CHUNK = 1 * MiB  # the digest's chunk (the default)
+BLOCK = 64 * MiB  # how the test file is written
 FILE_BYTES = 4 * GiB
 
 
@@ -50,18 +51,19 @@ class _Settings:
 
 def write_model_file(path: Path, nbytes: int) -> None:
     """Random bytes, quickly: one random block, each copy stamped with its index so no two chunks match."""
-    block = bytearray(os.urandom(CHUNK))
+    block = bytearray(os.urandom(BLOCK))
     with open(path, "wb") as f:
-        for i in range(-(-nbytes // CHUNK)):
+        for i in range(-(-nbytes // BLOCK)):
             block[:8] = i.to_bytes(8, "little")
-            f.write(block[: min(CHUNK, nbytes - i * CHUNK)])
+            f.write(block[: min(BLOCK, nbytes - i * BLOCK)])
 
 
 def independent_digest(path: Path) -> str:
     outer = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            outer.update(hashlib.sha256(chunk).digest())
+        while block := f.read(BLOCK):
+            for i in range(0, len(block), CHUNK):
+                outer.update(hashlib.sha256(block[i : i + CHUNK]).digest())
     return outer.hexdigest()
 
 
@@ -88,7 +90,8 @@ class Real:
 
 
 @pytest.fixture
-def real(tmp_path: Path, model_file: Path) -> Iterator[Real]:
+def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> Iterator[Real]:
+    device_digest = bool(getattr(request, "param", True))  # parametrized indirectly: where the digest is made
     from app.core.gpu.nvml import NvmlBackend
 
     backend = NvmlBackend()
@@ -100,7 +103,7 @@ def real(tmp_path: Path, model_file: Path) -> Iterator[Real]:
         ProcessHostLauncher(),
         measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
         manifest_dir=tmp_path / "manifests",
-        seal_options=SealOptions(chunk_size_bytes=CHUNK, segment_bytes=256 * MiB),
+        seal_options=SealOptions(segment_bytes=256 * MiB, device_digest=device_digest),
         reply_timeout_s=120.0,
     )
     managers.append(manager)
@@ -111,6 +114,7 @@ def real(tmp_path: Path, model_file: Path) -> Iterator[Real]:
     backend.close()
 
 
+@pytest.mark.parametrize("real", [True, False], ids=["gpu-digest", "cpu-digest"], indirect=True)
 def test_seal_verify_tamper_and_evict_to_zero(real: Real, model_file: Path) -> None:
     sealed = real.manager.load_blocking("big", timeout_s=300)
     assert sealed is not None and sealed.bytes == FILE_BYTES
@@ -124,11 +128,11 @@ def test_seal_verify_tamper_and_evict_to_zero(real: Real, model_file: Path) -> N
     assert (seen[pid] or 0) >= FILE_BYTES
 
     assert real.manager.verify("big").digest == sealed.digest
-    offset = 3 * CHUNK + 12345
+    offset = 3 * BLOCK + 12345
     real.manager.tamper_for_tests("big", offset)
     with pytest.raises(SealVerificationFailed) as info:
         real.manager.verify("big")
-    assert info.value.damaged_chunks == [3]
+    assert info.value.damaged_chunks == [offset // CHUNK]
 
     started = time.monotonic()
     (freed,) = real.manager.evict(["big"], "game")

@@ -47,6 +47,9 @@ def test_without_a_session_bus_every_part_reports_and_the_notifier_is_absent(tmp
         f"log {tmp_path}/.local/state/vram-steward/log)"
     )
     assert "self-test: all good" in run.stdout
+    assert not (
+        tmp_path / ".cupy"
+    ).exists()  # CuPy's kernel cache goes to our cache dir (purged on uninstall)
 
 
 def test_no_gpu_here_means_the_host_still_spawns_and_answers(tmp_path: Path) -> None:

@@ -215,11 +215,14 @@ class _Stream:
     """Bookkeeping for one pass over a model: which staging buffer holds which piece, and what is pending.
     A "piece" is one staging buffer's worth of the model (staging_bytes, the last one shorter)."""
 
-    def __init__(self, device: Device, options: SealOptions, *, on_device: bool) -> None:
+    def __init__(self, device: Device, options: SealOptions, *, on_device: bool, total_bytes: int) -> None:
         self.device = device
         self.options = options
         self.on_device = on_device
-        self.buffers = device.open_staging(options.staging_buffers, options.staging_bytes)
+        chunk = options.chunk_size_bytes
+        size = min(options.staging_bytes, chunk_count(total_bytes, chunk) * chunk)  # a small model: less
+        count = min(options.staging_buffers, max(2, chunk_count(total_bytes, size)))
+        self.buffers = device.open_staging(count, size)
         self.hasher = None if on_device else ChunkHasher(options.hash_threads)
         self.hashes: dict[int, Future[list[str]]] = {}
         self.copies_pending: set[int] = set()
@@ -303,7 +306,7 @@ def seal_file(
         on_device = _use_device_digest(device, options)
         options = options.resolved(cpu_hashing=not on_device)
         resident = ResidentModel(model, path, total, options.segment_bytes)
-        stream = _Stream(device, options, on_device=on_device)
+        stream = _Stream(device, options, on_device=on_device, total_bytes=total)
         digests = _stream_in(stream, fd, resident, progress, cancel)
         after = os.fstat(fd).st_size
         if after != total:
@@ -431,7 +434,7 @@ def verify_resident(
         hash_threads=options.hash_threads,
     ).resolved(cpu_hashing=True)
     pieces = chunk_count(total, staging)
-    stream = _Stream(device, options, on_device=False)
+    stream = _Stream(device, options, on_device=False, total_bytes=total)
     try:
         buffers = len(stream.buffers)
         issued = 0

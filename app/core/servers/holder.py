@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,9 +87,23 @@ class _Known:
     pids: frozenset[int] = field(default_factory=frozenset)
 
 
-def run_in_thread_pool() -> Callable[[Callable[[], None]], concurrent.futures.Future[None]]:
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="server-load")
-    return pool.submit
+def run_in_daemon_thread(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+    """Run `fn` on its own daemon thread: a preload that hangs must never keep the app from exiting (a
+    ThreadPoolExecutor's workers are joined at exit)."""
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            fn()
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=work, name="server-load", daemon=True).start()
+    return future
 
 
 def run_at_once(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
@@ -137,7 +152,7 @@ class ServerHolder(abc.ABC):
         self._refresh_interval_s = refresh_interval_s
         self._verify_timeout_s = verify_timeout_s
         self._backoff = backoff or Backoff()
-        self._submit = run_in_background or run_in_thread_pool()
+        self._submit = run_in_background or run_in_daemon_thread
         self._known: dict[str, _Known] = {}
         self._runners: list[RunnerProcess] = []
         self._next_refresh_at = float("-inf")

@@ -63,11 +63,13 @@ def _base(name: str) -> str:
 
 
 def ollama_runners() -> list[RunnerProcess]:
-    """Ollama's runner processes: name "ollama", first argument "runner"."""
+    """Ollama's runner processes: name "ollama", first argument "runner" (before 0.4: a separate
+    `ollama_llama_server` binary)."""
     return [
         RunnerProcess(pid, name, cmdline)
         for pid, _, name, cmdline in _listing()
-        if _base(name).startswith("ollama") and len(cmdline) > 1 and cmdline[1] == "runner"
+        if (_base(name).startswith("ollama") and len(cmdline) > 1 and cmdline[1] == "runner")
+        or _base(name).startswith("ollama_llama_se")  # the kernel keeps 15 characters of a process name
     ]
 
 

@@ -8,7 +8,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from residency_world import CHUNK, SEGMENT, STAGING, expected_chunks, expected_digest, scenario_text, write_model
+from residency_world import (
+    CHUNK,
+    SEGMENT,
+    STAGING,
+    expected_chunks,
+    expected_digest,
+    scenario_text,
+    write_model,
+)
 
 from app.core.errors import CudaAllocationFailed, ModelFileError
 from app.core.gpu.scenario import parse_scenario
@@ -19,7 +27,11 @@ from app.core.units import KiB, MiB
 
 PID = 4_200_001
 OPTIONS = SealOptions(
-    chunk_size_bytes=CHUNK, staging_bytes=STAGING, segment_bytes=SEGMENT, staging_buffers=3, reader_threads=2,
+    chunk_size_bytes=CHUNK,
+    staging_bytes=STAGING,
+    segment_bytes=SEGMENT,
+    staging_buffers=3,
+    reader_threads=2,
     hash_threads=2,
 )
 
@@ -61,7 +73,12 @@ def test_one_staging_buffer_per_chunk_in_flight_still_gives_the_right_bytes(tmp_
     _, _, device = gpu()
     data = write_model(tmp_path / "m.bin", 40 * CHUNK + 1)
     options = SealOptions(
-        chunk_size_bytes=CHUNK, segment_bytes=SEGMENT, staging_buffers=2, reader_threads=4, hash_threads=4
+        chunk_size_bytes=CHUNK,
+        staging_bytes=STAGING,
+        segment_bytes=SEGMENT,
+        staging_buffers=2,
+        reader_threads=4,
+        hash_threads=4,
     )
     resident, _ = seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=options)
     assert resident.manifest is not None and resident.manifest.digest == expected_digest(data)
@@ -181,12 +198,18 @@ def test_cancel_stops_the_seal_and_frees_it(tmp_path: Path) -> None:
     assert backend.our_bytes(0) == 0
 
 
-def test_options_resolve_to_whole_chunks_per_segment() -> None:
+def test_options_resolve_to_whole_chunks_per_staging_and_whole_stagings_per_segment() -> None:
     options = SealOptions(
-        chunk_size_bytes=64 * KiB, segment_bytes=200 * KiB, hash_threads=3, reader_threads=2
+        chunk_size_bytes=64 * KiB,
+        staging_bytes=100 * KiB,
+        segment_bytes=200 * KiB,
+        hash_threads=3,
+        reader_threads=2,
     )
     resolved = options.resolved()
-    assert resolved.segment_bytes == 192 * KiB
-    assert resolved.staging_buffers == 3 + 2 + 2
-    with pytest.raises(ValueError, match="chunk_size_bytes"):
-        SealOptions(chunk_size_bytes=0).resolved()
+    assert (resolved.staging_bytes, resolved.segment_bytes) == (64 * KiB, 192 * KiB)
+    assert resolved.staging_buffers == 3 + 2 + 2  # hashers + readers + 2 when the CPU hashes
+    assert options.resolved(cpu_hashing=False).staging_buffers == 2 + 2
+    for bad in (0, 100):
+        with pytest.raises(ValueError, match="multiple of 64"):
+            SealOptions(chunk_size_bytes=bad).resolved()

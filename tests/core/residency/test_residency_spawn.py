@@ -33,7 +33,9 @@ def spawned_manager(tmp_path: Path, path: Path) -> ResidencyManager:
         {0: ledger},
         ProcessHostLauncher(HostMemoryDeviceFactory, context_overhead_bytes=0),
         manifest_dir=tmp_path / "manifests",
-        seal_options=SealOptions(chunk_size_bytes=CHUNK, segment_bytes=4 * CHUNK, hash_threads=2),
+        seal_options=SealOptions(
+            chunk_size_bytes=CHUNK, staging_bytes=2 * CHUNK, segment_bytes=4 * CHUNK, hash_threads=2
+        ),
         reply_timeout_s=30.0,
     )
 

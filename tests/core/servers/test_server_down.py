@@ -1,5 +1,5 @@
-"""A server that is down, hangs up or answers garbage: a clear status, one ServerDown event per outage, retries
-with backoff (2 s doubling to 60 s), never an error storm, never a crash. And the HTTP client's own errors."""
+"""A server that is down, hangs up or answers garbage: a clear status, one ServerDown event per outage,
+retries with backoff (2 s doubling to 60 s), never an error storm, never a crash; the HTTP client's errors."""
 
 from __future__ import annotations
 
@@ -90,7 +90,9 @@ def test_a_server_that_never_answers_times_out_quickly() -> None:
         ("hang_up", ServerUnreachable, "connection broke"),
     ],
 )
-def test_bad_answers_become_clear_errors(ollama: OllamaStandIn, mode: str, error: type[Exception], words: str) -> None:
+def test_bad_answers_become_clear_errors(
+    ollama: OllamaStandIn, mode: str, error: type[Exception], words: str
+) -> None:
     ollama.mode = mode
     with pytest.raises(error, match=words):
         JsonHttpClient(ollama.url).get_json("/api/ps")
@@ -180,7 +182,9 @@ def test_json_of_the_wrong_shape_is_a_clear_status_for_every_adapter(world: Serv
     assert holder.models() == []
 
 
-def test_a_restore_while_the_server_is_down_waits_with_a_reason(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_a_restore_while_the_server_is_down_waits_with_a_reason(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     holder = world.holder(OllamaHolder, ollama, ollama.runners.processes)
     ollama.client_load(LLAMA.name)
     holder.poll()

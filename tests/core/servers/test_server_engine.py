@@ -21,7 +21,9 @@ from app.core.wiring import ScenarioSignals, build_runtime
 from tests.fixtures.servers.ollama_standin import OllamaStandIn, PulledModel
 from tests.fixtures.servers.world import DESKTOP_12GIB, ServerWorld, kinds
 
-LLAMA = PulledModel("llama3.1:8b", 8 * GiB, "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e")
+LLAMA = PulledModel(
+    "llama3.1:8b", 8 * GiB, "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e"
+)
 
 GAME = """
 [[timeline]]
@@ -167,7 +169,9 @@ def test_a_client_that_reloads_the_model_during_the_game_is_evicted_again_and_na
     assert ollama.vram_of(LLAMA.name) == LLAMA.size_bytes
 
 
-def test_an_ollama_that_is_down_costs_a_few_requests_and_one_event(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_an_ollama_that_is_down_costs_a_few_requests_and_one_event(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     ollama.mode = "hang_up"
     engine = Engine(world, ollama)
     engine.run(until_s=60)

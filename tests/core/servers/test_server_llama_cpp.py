@@ -74,7 +74,9 @@ def test_the_documented_models_answer_in_every_documented_status(
     standin.status = status
     world.add(standin)
     example = canned.LLAMA_CPP_MODELS_EXAMPLE["data"][0]
-    instance = RunnerProcess(5_900_001, "llama-server", ("llama-server", "--model", example["path"], "--port", "1"))
+    instance = RunnerProcess(
+        5_900_001, "llama-server", ("llama-server", "--model", example["path"], "--port", "1")
+    )
     world.sim.allocate(0, instance.pid, "llama-server", 3 * GiB)
     holder = world.holder(LlamaCppHolder, standin, lambda: [instance])
     holder.poll()
@@ -97,7 +99,9 @@ def test_the_stand_in_answers_in_the_documented_shapes(router: LlamaCppRouterSta
     assert client.post_json("/models/unload", canned.LLAMA_CPP_UNLOAD_REQUEST) == canned.LLAMA_CPP_SUCCESS
 
 
-def test_evict_and_restore_one_model_with_its_own_instance(world: ServerWorld, router: LlamaCppRouterStandIn) -> None:
+def test_evict_and_restore_one_model_with_its_own_instance(
+    world: ServerWorld, router: LlamaCppRouterStandIn
+) -> None:
     router.client_load(GEMMA)
     router.client_load(QWEN)
     holder = make_holder(world, router)
@@ -123,7 +127,9 @@ def test_evict_and_restore_one_model_with_its_own_instance(world: ServerWorld, r
     assert router.bodies("POST", "/models/load") == [{"model": QWEN}]
 
 
-def test_an_instance_that_fails_to_start_is_a_failed_model(world: ServerWorld, router: LlamaCppRouterStandIn) -> None:
+def test_an_instance_that_fails_to_start_is_a_failed_model(
+    world: ServerWorld, router: LlamaCppRouterStandIn
+) -> None:
     holder = make_holder(world, router)
     router.fail_next_load = True
     holder.start_load(GEMMA)
@@ -132,7 +138,9 @@ def test_an_instance_that_fails_to_start_is_a_failed_model(world: ServerWorld, r
     assert model.state == ModelState.FAILED and "does not list it" in (model.last_error or "")
 
 
-def test_a_model_a_client_loads_while_held_is_evicted_again(world: ServerWorld, router: LlamaCppRouterStandIn) -> None:
+def test_a_model_a_client_loads_while_held_is_evicted_again(
+    world: ServerWorld, router: LlamaCppRouterStandIn
+) -> None:
     holder = make_holder(world, router)
     holder.poll()
     holder.set_hold(True, "game")

@@ -28,7 +28,9 @@ def world() -> Iterator[ServerWorld]:
     w.close()
 
 
-def make(world: ServerWorld, *, matrix: bool = False, start_s: float = 0.0) -> tuple[LlamaSwapStandIn, LlamaSwapHolder]:
+def make(
+    world: ServerWorld, *, matrix: bool = False, start_s: float = 0.0
+) -> tuple[LlamaSwapStandIn, LlamaSwapHolder]:
     runners = world.runners("llama-server", free_delay_s=1.0)
     standin = LlamaSwapStandIn(runners, {QWEN: 5 * GiB, CODER: 2 * GiB}, matrix=matrix, start_s=start_s)
     world.add(standin)

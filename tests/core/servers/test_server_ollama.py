@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from app.core.events import Event
 from app.core.holders import ModelState
 from app.core.servers.base import JsonHttpClient
+from app.core.servers.holder import run_in_daemon_thread
 from app.core.servers.ollama import OllamaHolder, keep_alive_value, parse_expires_at
 from app.core.units import GiB
 from tests.fixtures.servers import canned
@@ -18,7 +21,9 @@ from tests.fixtures.servers.ollama_standin import OllamaStandIn, PulledModel
 from tests.fixtures.servers.standin import Reply
 from tests.fixtures.servers.world import ServerWorld, kinds, poll_for
 
-LLAMA = PulledModel("llama3.1:8b", 8 * GiB, "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e")
+LLAMA = PulledModel(
+    "llama3.1:8b", 8 * GiB, "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e"
+)
 QWEN = PulledModel("qwen2.5:3b", 2 * GiB, "845dbda0ea48ed749caafd9e6037047aa19acfcfd82e704d7ca97d631a0b697e")
 
 
@@ -119,7 +124,9 @@ def test_evict_waits_until_the_runner_has_really_freed_the_memory(
     assert ollama.bodies("POST", "/api/generate")[-1] == {"model": LLAMA.name, "keep_alive": 0}
 
 
-def test_memory_a_runner_keeps_is_reported_with_who_holds_it(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_memory_a_runner_keeps_is_reported_with_who_holds_it(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     ollama.runners.residue_bytes = 300 * 2**20  # the runner leaks 300 MiB
     ollama.client_load(LLAMA.name)
     holder = make_holder(world, ollama)
@@ -131,7 +138,9 @@ def test_memory_a_runner_keeps_is_reported_with_who_holds_it(world: ServerWorld,
     assert freed.residue_by is not None and "ollama (pid 500" in freed.residue_by
 
 
-def test_evicting_one_of_two_models_waits_for_that_ones_memory(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_evicting_one_of_two_models_waits_for_that_ones_memory(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     ollama.client_load(LLAMA.name)
     ollama.client_load(QWEN.name)
     holder = make_holder(world, ollama)
@@ -145,7 +154,9 @@ def test_evicting_one_of_two_models_waits_for_that_ones_memory(world: ServerWorl
     assert states == {LLAMA.name: ModelState.RESIDENT, QWEN.name: ModelState.EVICTED}
 
 
-def test_unload_of_a_model_ollama_no_longer_has_is_not_an_error(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_unload_of_a_model_ollama_no_longer_has_is_not_an_error(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     ollama.client_load(LLAMA.name)
     holder = make_holder(world, ollama)
     holder.poll()
@@ -176,7 +187,9 @@ def test_restore_preloads_with_the_configured_keep_alive(world: ServerWorld, oll
     assert ollama.vram_of(LLAMA.name) == LLAMA.size_bytes
 
 
-def test_a_restore_ollama_refuses_is_a_failed_model_with_its_reason(world: ServerWorld, ollama: OllamaStandIn) -> None:
+def test_a_restore_ollama_refuses_is_a_failed_model_with_its_reason(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
     holder = make_holder(world, ollama)
     holder.start_load("no-such-model:1b")
     events = holder.poll()
@@ -212,3 +225,20 @@ def test_a_model_partly_on_the_cpu_is_warned_about_once(world: ServerWorld, olla
     assert warning.model == LLAMA.name and warning.size_bytes == LLAMA.size_bytes
     assert 0 < warning.vram_bytes < warning.size_bytes
     assert "runs partly on the CPU" in warning.describe()
+
+
+def test_a_preload_runs_off_the_engine_thread(world: ServerWorld, ollama: OllamaStandIn) -> None:
+    holder = world.holder(
+        OllamaHolder, ollama, ollama.runners.processes, run_in_background=run_in_daemon_thread
+    )
+    holder.start_load(LLAMA.name)
+    assert holder.models()[0].state == ModelState.LOADING  # start_load returned before Ollama answered
+    events: list[Event] = []
+    deadline = time.monotonic() + 5.0
+    while not kinds(events, "VramAllocated") and time.monotonic() < deadline:
+        events.extend(holder.poll())
+        world.clock.advance(0.1)
+        time.sleep(0.01)
+    (allocated,) = kinds(events, "VramAllocated")
+    assert allocated.model == LLAMA.name
+    assert ollama.preload_keep_alives() == ["5m"]
