@@ -14,6 +14,7 @@ import pytest
 
 from app.core.config import ServerConfig, Settings
 from app.core.events import Event
+from app.core.policy.contention import Command
 from app.core.servers.ollama import OllamaHolder
 from app.core.steward import Steward
 from app.core.units import GiB
@@ -189,3 +190,23 @@ def test_build_runtime_adds_the_configured_servers_as_holders() -> None:
         assert server.config.url == "http://127.0.0.1:9" and server.config.keep_alive == "1h"
     finally:
         runtime.stop()
+
+
+def test_the_hold_ends_when_nothing_is_held_out_even_without_a_reload(
+    world: ServerWorld, ollama: OllamaStandIn
+) -> None:
+    """The user unloads the evicted model during the game: nothing comes back after it, and a client that
+    loads the model later is not evicted again (the engine lifted the hold when nothing was out)."""
+    engine = Engine(world, ollama)
+
+    def user_unloads() -> None:
+        engine.steward.submit(Command(kind="unload", model=LLAMA.name))
+
+    def client_loads() -> None:
+        ollama.client_load(LLAMA.name)
+
+    engine.run(until_s=190, at={40.0: user_unloads, 180.0: client_loads})
+    assert len(kinds(engine.events, "ModelsEvicted")) == 1
+    assert kinds(engine.events, "Resumed") == []
+    assert kinds(engine.events, "ModelReloadedWhileHeld") == []
+    assert ollama.vram_of(LLAMA.name) == LLAMA.size_bytes
