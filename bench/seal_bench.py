@@ -220,9 +220,9 @@ def main() -> int:
     parser.add_argument("--chunk-mib", type=float, default=1.0, help="the digest's chunk size")
     parser.add_argument(
         "--variants",
-        default="4:gpu,6:gpu,8:gpu,4:cpu",
-        help="reader_threads:where-hashed (gpu = the SHA-256 kernel, cpu = the default hash threads; "
-        "cpuN = N threads), the first is the default",
+        default="0:gpu,4:gpu,8:gpu,0:cpu",
+        help="reader_threads:where-hashed (reader_threads 0 = the default; gpu = the SHA-256 kernel, "
+        "cpu = the default hash threads, cpuN = N threads); the first is the default",
     )
     args = parser.parse_args()
     nbytes = int(args.size_gib * GiB)
@@ -273,7 +273,7 @@ def main() -> int:
         measured = measure_ours(data, options, args.runs)
         best = measured["best"]
         print(
-            f"ours readers={readers} hashed on {where}: {best['seal_gb_per_s']:.2f} GB/s "
+            f"ours readers={readers or 'default'} hashed on {where}: {best['seal_gb_per_s']:.2f} GB/s "
             f"(end to end {best['end_to_end_gb_per_s']:.2f}), CPU {best['cpu_seconds']:.1f} s",
             flush=True,
         )

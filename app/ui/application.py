@@ -116,10 +116,12 @@ class StewardApp(QObject):
         self.renders += 1
         self._last_state = self.snapshot.state
         self.view = presenter.present(self.snapshot, self.settings, notices=self.notices)
-        self.history.add(self.view.gpus)
+        sampled = self.history.add(self.view.gpus)
         self.tray.set_view(self.view)
         if self.dashboard.isVisible():
-            self.dashboard.set_view(self.view, presenter.process_rows(self.snapshot))
+            self.dashboard.set_view(
+                self.view, presenter.process_rows(self.snapshot), timeline_changed=sampled
+            )
         if self.popup.isVisible():
             self.popup.set_view(self.view)
 

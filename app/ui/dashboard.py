@@ -133,12 +133,17 @@ class Dashboard(QMainWindow):
         self.notice.setText(text)
         self.notice.setVisible(bool(text))
 
-    def set_view(self, view: TrayView, processes: list[ProcessRow]) -> None:
-        self.headline.setText(f"● {view.title}")
-        self.headline.setStyleSheet(f"color: {view.accent};")
-        self.headline.setToolTip(view.tooltip)
-        self._pause_command = view.pause_command
-        self.pause_button.setText("&Resume" if view.pause_command == "resume" else "&Pause")
+    def set_view(self, view: TrayView, processes: list[ProcessRow], *, timeline_changed: bool = True) -> None:
+        """Show a view; widgets whose content did not change are left alone (repaints cost CPU)."""
+        headline = f"● {view.title}"
+        if headline != self.headline.text():
+            self.headline.setText(headline)
+            self.headline.setStyleSheet(f"color: {view.accent};")
+        if view.tooltip != self.headline.toolTip():
+            self.headline.setToolTip(view.tooltip)
+        if view.pause_command != self._pause_command:
+            self._pause_command = view.pause_command
+            self.pause_button.setText("&Resume" if view.pause_command == "resume" else "&Pause")
         self.evict_button.setEnabled(view.evict_enabled)
         while len(self.gauges) < len(view.gpus):
             gauge = VramGauge(self)
@@ -152,7 +157,8 @@ class Dashboard(QMainWindow):
         if processes != self._process_rows:
             self._process_rows = processes
             self._fill_processes(processes)
-        self.timeline.update()
+        if timeline_changed:
+            self.timeline.update()
 
     def add_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.LoadProgress):

@@ -44,7 +44,14 @@ class VramGauge(QWidget):
 
     def sizeHint(self) -> QSize:
         lines = 2 if self._compact else 3
-        return QSize(360, self.BAR_HEIGHT + lines * self.fontMetrics().height() + 10)
+        width = max(360, self.fontMetrics().horizontalAdvance(self.legend()) + 8)
+        return QSize(width, self.BAR_HEIGHT + lines * self.fontMetrics().height() + 10)
+
+    def legend(self) -> str:
+        """The line under the bar: every part with its size."""
+        if self._view is None:
+            return ""
+        return "  ".join(f"{s.label} {gib(s.bytes)}" for s in self._view.segments) + " GiB"
 
     def view(self) -> GpuView | None:
         return self._view
@@ -116,8 +123,7 @@ class VramGauge(QWidget):
         p.drawLine(int(hx), int(bar.top()) - 3, int(hx), int(bar.bottom()) + 3)
         p.setPen(text)
         below = bar.bottom() + fm.ascent() + 2
-        legend = "  ".join(f"{s.label} {gib(s.bytes)}" for s in v.segments)
-        p.drawText(0, int(below), legend + " GiB")
+        p.drawText(0, int(below), self.legend())
         if not self._compact:
             p.drawText(
                 0, int(below + line), f"┆ headroom {gib(v.headroom_bytes)} GiB kept free for the desktop"

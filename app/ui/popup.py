@@ -48,6 +48,7 @@ class TrayPopup(QFrame):
             self._gauge_box.addWidget(gauge)
         for gauge, gpu in zip(self._gauges, view.gpus, strict=False):
             gauge.set_view(gpu)
+            gauge.setMinimumWidth(gauge.sizeHint().width())
             gauge.show()
         for gauge in self._gauges[len(view.gpus) :]:
             gauge.hide()

@@ -74,3 +74,26 @@ def test_no_display_falls_back_to_the_daemon_in_simulation(private_dirs: Path, a
     assert "No NVIDIA GPU found: running a simulation (scenario game-launch)" in output
     assert "llama-3.1-8b-instruct-q8_0 resident on GPU 0" in output
     assert "stopped." in output
+
+
+def test_the_binding_check_matches_what_the_binding_does(qapp: object) -> None:
+    """binding_problem() must be None exactly when Qt calls keep None's reference count."""
+    from PySide6.QtCore import QObject
+
+    from app.ui.qt_compat import binding_problem
+
+    problem = binding_problem()
+    probe = QObject()
+    before = sys.getrefcount(None)
+    for _ in range(200):
+        probe.setObjectName("x")
+    lost = before - sys.getrefcount(None)
+    if problem is None:
+        assert lost < 200
+    else:
+        assert lost >= 200
+        assert "PySide6-Essentials>=6.6,!=6.12.0" in problem
+        import ctypes
+
+        for _ in range(lost):  # leave the test process as healthy as we found it
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(None))

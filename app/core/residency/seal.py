@@ -105,13 +105,19 @@ class Device(Protocol):
         ...
 
 
+def default_reader_threads() -> int:
+    """Reads from the page cache into pinned memory run at ~2-5 GB/s per thread (H200 box: 4 threads 14 GB/s,
+    8 threads 17.5 GB/s sealed, the same CPU seconds in all): half the cores, 2 to 8."""
+    return max(2, min(8, (os.cpu_count() or 4) // 2))
+
+
 @dataclass(frozen=True)
 class SealOptions:
     chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES  # the digest's unit (what verify can name)
     staging_bytes: int = 64 * MiB  # one read / one copy; rounded to whole chunks
     segment_bytes: int = 1 * GiB  # device memory is taken in blocks of this size (rounded to whole stagings)
     staging_buffers: int = 0  # 0: reader_threads + 2, plus hash_threads when the CPU hashes
-    reader_threads: int = 4
+    reader_threads: int = 0  # 0: default_reader_threads()
     hash_threads: int = 0  # 0: default_hash_threads() (used only when the device cannot hash)
     device_digest: bool = True  # hash on the device when it can
 
@@ -123,7 +129,7 @@ class SealOptions:
         chunk = self.chunk_size_bytes
         staging = max(chunk, self.staging_bytes // chunk * chunk)
         hashers = self.hash_threads or default_hash_threads()
-        readers = max(1, self.reader_threads)
+        readers = self.reader_threads or default_reader_threads()
         buffers = self.staging_buffers or readers + 2 + (hashers if cpu_hashing else 0)
         return SealOptions(
             chunk_size_bytes=chunk,

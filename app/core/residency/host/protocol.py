@@ -30,7 +30,7 @@ class SealRequest:
     segment_bytes: int
     staging_bytes: int = 64 * 1024 * 1024
     staging_buffers: int = 0
-    reader_threads: int = 4
+    reader_threads: int = 0
     hash_threads: int = 0
     device_digest: bool = True
 
