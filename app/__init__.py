@@ -1,3 +1,3 @@
-"""VRAM Steward: keeps local LLMs resident in VRAM while the GPU is free, and frees it when a game needs it."""
+"""VRAM Steward: keeps local LLMs resident in VRAM while the GPU is free; frees it when a game needs it."""
 
 __version__ = "0.1.0"

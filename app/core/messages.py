@@ -11,7 +11,7 @@ def _models(models: tuple[str, ...]) -> str:
 
 
 def describe(event: ev.Event) -> str:
-    """One line that says what happened, with numbers, e.g. "Cyberpunk 2077 started: freed 14.2 GB (2 models)"."""
+    """One line that says what happened, with numbers: "Cyberpunk 2077 started: freed 14.2 GB (2 models)"."""
     if isinstance(event, ev.ModelsEvicted):
         freed = f"freed {format_gb(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
         why = {
@@ -60,7 +60,8 @@ def describe(event: ev.Event) -> str:
     if isinstance(event, ev.BackendProblem):
         return f"GPU monitoring problem ({event.state}): {event.message}"
     if isinstance(event, ev.HostDied):
-        return f"Residency host on GPU {event.gpu} died (exit {event.exit_code}); {', '.join(event.models)} evicted"
+        models = ", ".join(event.models)
+        return f"Residency host on GPU {event.gpu} died (exit {event.exit_code}); {models} evicted"
     if isinstance(event, ev.SealVerificationFailed):
         return f"{event.model} failed verification: damaged chunks {list(event.damaged_chunks)[:5]}"
     if isinstance(event, ev.SealVerified):

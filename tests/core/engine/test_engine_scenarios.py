@@ -103,7 +103,7 @@ def test_user_pause_holds_through_game_end_and_resume_lifts_it() -> None:
     def resume(rt: Runtime) -> object:
         return rt.steward.submit(Command(kind="resume"))
 
-    _, events, states = run_engine("game-launch", until_s=260, at={10.0: pause, 200.0: resume})
+    _, events, _ = run_engine("game-launch", until_s=260, at={10.0: pause, 200.0: resume})
     evicted = kinds(events, "ModelsEvicted")
     assert evicted and evicted[0].at < 11 and evicted[0].reason in ("pause", "user")  # type: ignore[attr-defined]
     resumed = kinds(events, "Resumed")
