@@ -431,7 +431,10 @@ class ContentionPolicy:
         if reason is not None:
             self._pressure_samples[index] = 0
             return Evict(index, _names(held), reason, trigger)
-        if pressing and count >= s.pressure_samples:
+        # Free VRAM below the headroom is acute: someone's next allocation may fail, so act on the first
+        # sample. Foreign growth with headroom still intact must persist for pressure_samples samples.
+        acute = pressing and pressure.free_bytes < pressure.headroom_bytes
+        if pressing and (acute or count >= s.pressure_samples):
             self._pressure_samples[index] = 0
             victims = choose_victims(held, pressure.need_bytes)
             return Evict(index, _names(victims), "pressure", pressure.trigger, pressure.need_bytes)

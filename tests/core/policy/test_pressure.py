@@ -115,6 +115,17 @@ def test_free_vram_below_the_headroom_triggers_even_below_the_growth_threshold()
     assert evict.need_bytes == 2 * GiB - (12 * GiB - 9 * GiB - (220 + 180 + 850) * MiB)
 
 
+def test_free_vram_below_the_headroom_acts_on_the_first_sample() -> None:
+    """Acute pressure (someone's next allocation may fail) does not wait for pressure_samples samples;
+    growth that leaves the headroom intact does (test above)."""
+    world = PolicyWorld()
+    world.add_model(model("big", 9 * GiB - 300 * MiB))
+    world.tick()
+    world.set_process(0, proc(103, "/usr/lib/firefox/firefox", 850 * MiB))
+    first = world.run(0.1)
+    assert [e.reason for e in actions_of(first, Evict)] == ["pressure"]  # type: ignore[attr-defined]
+
+
 def test_auto_evict_off_never_evicts_for_pressure() -> None:
     world = world_with_models(Settings(auto_evict=False))
     world.set_process(0, blender(5 * GiB))
