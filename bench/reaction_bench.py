@@ -127,9 +127,18 @@ def main() -> int:
     def host_pids() -> set[int]:
         return set().union(*(h.pids() for h in steward.holders))
 
+    def ready() -> bool:
+        """Resident, and our host visible in NVML: a trial must start from a real resident model."""
+        return resident() and our_bytes(nvml, handle, host_pids()) > 0
+
+    def device_free() -> int:
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).free)
+
+    model_bytes = int(args.model_gib * GiB)
+
     assert wait_until(resident, 120, 0.01), "the model never became resident"
     results: dict[str, Any] = {
-        "model_bytes": int(args.model_gib * GiB),
+        "model_bytes": model_bytes,
         "poll_interval_s": settings.poll_interval_secs,
     }
 
@@ -155,9 +164,10 @@ def main() -> int:
     proc.start()
     assert parent.recv()[0] == "ready"
     alloc_ms: list[float] = []
+    alloc_model_ms: list[float] = []
     failures: list[str] = []
     for trial in range(args.trials):
-        assert wait_until(resident, 120, 0.01), f"trial {trial}: model not resident again"
+        assert wait_until(ready, 120, 0.01), f"trial {trial}: model not resident again"
         time.sleep(0.3)
         pids = host_pids()
         free = nvml.nvmlDeviceGetMemoryInfo(handle).free
@@ -168,31 +178,45 @@ def main() -> int:
         if kind != "allocated":
             failures.append(str(stamp))
             continue
+        low = device_free()
+        ok_model = wait_until(lambda low=low: device_free() >= low + model_bytes, 10)
+        model_back = time.time()
         ok = wait_until(lambda p=pids: our_bytes(nvml, handle, p) == 0, 10)
         back = time.time()
         if ok:
             alloc_ms.append((back - stamp) * 1000)
+        if ok_model:
+            alloc_model_ms.append((model_back - stamp) * 1000)
         parent.send(("free",))
         parent.recv()
     parent.send(("exit",))
     proc.join(10)
     results["from_allocation_ms"] = alloc_ms
+    results["from_allocation_model_bytes_back_ms"] = alloc_model_ms
     results["from_allocation_failures"] = failures
 
     # --- reaction to a game signal -----------------------------------------------------------------
     signal_ms: list[float] = []
+    signal_model_ms: list[float] = []
     for trial in range(args.trials):
-        assert wait_until(resident, 120, 0.01), f"signal trial {trial}: model not resident again"
+        assert wait_until(ready, 120, 0.01), f"signal trial {trial}: model not resident again"
         time.sleep(0.3 + (trial % 7) * 0.013)  # spread the phase against the poll interval
         pids = host_pids()
+        low = device_free()
         stamp = time.time()
         manual.games = (GameSignal(name="bench game", source="gamemode", pid=None, started_at=0.0),)
         steward.wake()  # what the GameMode watcher's on_change does
+        ok_model = wait_until(lambda low=low: device_free() >= low + model_bytes, 10)
+        model_back = time.time()
         ok = wait_until(lambda p=pids: our_bytes(nvml, handle, p) == 0, 10)
         if ok:
             signal_ms.append((time.time() - stamp) * 1000)
+        if ok_model:
+            signal_model_ms.append((model_back - stamp) * 1000)
         manual.games = ()
+        assert wait_until(lambda: not resident(), 5, 0.01) or True
     results["from_game_signal_ms"] = signal_ms
+    results["from_game_signal_model_bytes_back_ms"] = signal_model_ms
 
     # --- idle while holding nothing ----------------------------------------------------------------
     steward.submit(replace_command("pause"))
@@ -202,7 +226,12 @@ def main() -> int:
     results["vram_held_after_pause_bytes"] = our_bytes(nvml, handle, host_pids() | {os.getpid()})
     runtime.stop()
 
-    for key in ("from_allocation_ms", "from_game_signal_ms"):
+    for key in (
+        "from_allocation_ms",
+        "from_allocation_model_bytes_back_ms",
+        "from_game_signal_ms",
+        "from_game_signal_model_bytes_back_ms",
+    ):
         values = results[key]
         if values:
             results[key + "_median"] = statistics.median(values)

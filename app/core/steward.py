@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import queue
 import threading
@@ -173,12 +174,17 @@ class Steward:
         holder_pids = self._holder_pids()
         self.ledgers.observe_snapshot(telemetry, self._live_pids())
 
+        polled_events = 0
         for holder in self.holders:
             for event in holder.poll():
+                polled_events += 1
                 self._emit(event)
 
         games = self.signals.active() if self.signals else ()
         models = self._models()
+        fast = self._unchanged(telemetry, games, models, polled_events)
+        if fast is not None:
+            return self._publish(fast)
         managed_pids = self._managed_pids()  # model servers' runners: ours to free, never foreign
         classification = self.classifier.classify(
             telemetry,
@@ -216,14 +222,58 @@ class Steward:
             next_poll_s=decision.next_poll_s,
             tick=self._tick,
         )
-        self._snapshot = snapshot
+        self._quiet_key = self._world_key(telemetry, games, snapshot.models) if not decision.actions else None
         for request in requests:
             if request.future is not None and not request.future.done():
                 request.future.set_result(snapshot)
+        logger.debug("tick %d at %.3f: %s", self._tick, now, decision.state)
+        return self._publish(snapshot)
+
+    def _publish(self, snapshot: StewardSnapshot) -> StewardSnapshot:
+        self._snapshot = snapshot
         for listener in list(self._snapshot_listeners):
             self._safe_call(listener, snapshot)
-        logger.debug("tick %d at %.3f: %s", self._tick, now, decision.state)
         return snapshot
+
+    _QUIET_STATES = frozenset({EngineState.ACTIVE, EngineState.IDLE, EngineState.NO_GPU})
+    _quiet_key: tuple[Any, ...] | None = None
+
+    def _world_key(
+        self, telemetry: TelemetrySnapshot, games: Sequence[GameSignal], models: Sequence[ModelStatus]
+    ) -> tuple[Any, ...]:
+        """What a decision depends on, without what moves on its own every sample (utilization, and the
+        temperature unless a thermal pause is configured)."""
+        thermal = self.settings.thermal_pause_celsius is not None
+        gpus = tuple(
+            (g.index, g.state, g.total_bytes, g.free_bytes, g.processes, g.temperature_c if thermal else None)
+            for g in telemetry.gpus
+        )
+        return (telemetry.state, gpus, tuple(games), tuple(models), id(self.settings))
+
+    def _unchanged(
+        self,
+        telemetry: TelemetrySnapshot,
+        games: Sequence[GameSignal],
+        models: Sequence[ModelStatus],
+        polled_events: int,
+    ) -> StewardSnapshot | None:
+        """The idle fast path: when nothing a decision depends on has changed since a quiet decision (no
+        actions, a steady state, nothing being counted) and no command waits, reuse it. This is most ticks
+        while models sit resident at 10 Hz, and what keeps the idle cost low."""
+        prev = self._snapshot
+        decision = self._last_decision
+        if (
+            prev is None
+            or decision is None
+            or self._quiet_key is None
+            or polled_events
+            or not self._requests.empty()
+            or decision.state not in self._QUIET_STATES
+            or not self.policy.settled()
+            or self._world_key(telemetry, games, models) != self._quiet_key
+        ):
+            return None
+        return dataclasses.replace(prev, telemetry=telemetry, tick=self._tick)
 
     def run(self, stop: threading.Event, *, sleep: Callable[[float], Any] | None = None) -> None:
         """Tick until `stop` is set, at the pace the policy asks for; then shut down in order."""

@@ -136,6 +136,11 @@ class ContentionPolicy:
     def paused(self) -> bool:
         return self._paused_all or bool(self._paused_gpus)
 
+    def settled(self) -> bool:
+        """True when no decision is in progress (no pressure being counted), so an unchanged world needs
+        no new decision: the engine skips classify and decide then (its idle fast path)."""
+        return not any(self._pressure_samples.values())
+
     def update_settings(self, settings: Settings) -> None:
         """Settings changed live (the tray's toggles, the settings dialog): applies from the next tick."""
         self._settings = settings
