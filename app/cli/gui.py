@@ -129,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
 def run_gui(args: argparse.Namespace) -> int:
     from PySide6.QtWidgets import QApplication
 
+    from app.core.first_run import take_first_run_notice
     from app.ui.single_instance import SingleInstance, hand_over_to_running
 
+    # Before loading: on the first run this writes the commented default file, which is then loaded.
+    welcome = take_first_run_notice() if getattr(args, "config", None) is None else None
     settings = load_settings_or_exit(args)
     app = QApplication.instance() or QApplication(["vram-steward"])
     assert isinstance(app, QApplication)
@@ -148,15 +151,26 @@ def run_gui(args: argparse.Namespace) -> int:
     runtime = _build_runtime(settings, args, notices)
     if runtime is None:
         return 2
-    from app.ui.application import StewardApp
+    from app.ui.application import GuiNotifications, StewardApp
     from app.ui.worker import StewardWorker, runtime_services_stopper
 
-    worker = StewardWorker(runtime.steward, stop_services=runtime_services_stopper(runtime))
+    notifications = GuiNotifications(runtime)  # starts the asyncio loop when the API did not
+    stop_api_and_loop = runtime_services_stopper(runtime)
+
+    def stop_services() -> None:
+        """After the engine released its VRAM: the notifier first, while its loop still runs."""
+        notifications.close()
+        stop_api_and_loop()
+
+    worker = StewardWorker(runtime.steward, stop_services=stop_services)
     config_path = getattr(args, "config", None) or settings.source
-    steward_app = StewardApp(worker, settings, config_path, notices=notices)
+    steward_app = StewardApp(
+        worker, settings, config_path, notices=notices, welcome=welcome, notifications=notifications
+    )
     instance.show_requested.connect(steward_app.show_dashboard)
-    for notice in notices:
-        print(notice, flush=True)
+    for notice in (welcome, *notices):
+        if notice:
+            print(notice, flush=True)
     steward_app.start()
     keep = quit_on_signals(steward_app.quit)
     try:

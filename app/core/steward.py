@@ -125,6 +125,9 @@ class Steward:
         self._snapshot_listeners: list[Callable[[StewardSnapshot], None]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._sleeping = False
+        self._battery: bool | None = None
+        self._battery_read_at = float("-inf")
         self._tick = 0
         self._closed = False
         self._snapshot: StewardSnapshot | None = None
@@ -141,6 +144,27 @@ class Steward:
         self._requests.put(_Request(command, future))
         self.wake()
         return future
+
+    def set_sleeping(self, sleeping: bool) -> None:
+        """The system is about to sleep (logind PrepareForSleep) or woke up: evict before, reload after."""
+        self._sleeping = sleeping
+        self.wake()
+
+    def _on_battery(self) -> bool | None:
+        """Only read when the user wants no models on battery (psutil reads /sys; at most every 30 s)."""
+        if self.settings.hold_models_on_battery:
+            return None
+        now = self.clock()
+        if now - self._battery_read_at >= 30.0 or self._battery is None:
+            self._battery_read_at = now
+            try:
+                import psutil
+
+                battery = psutil.sensors_battery()
+            except Exception:  # no battery support on this platform
+                battery = None
+            self._battery = None if battery is None else not battery.power_plugged
+        return self._battery
 
     def wake(self) -> None:
         """Tick now instead of at the next interval (a command arrived, a game signal changed)."""
@@ -202,6 +226,8 @@ class Steward:
                 games=tuple(games),
                 models=tuple(models),
                 commands=commands,
+                on_battery=self._on_battery(),
+                sleeping=self._sleeping,
             )
         )
         self._note_games(games)
@@ -248,7 +274,15 @@ class Steward:
             (g.index, g.state, g.total_bytes, g.free_bytes, g.processes, g.temperature_c if thermal else None)
             for g in telemetry.gpus
         )
-        return (telemetry.state, gpus, tuple(games), tuple(models), id(self.settings))
+        return (
+            telemetry.state,
+            gpus,
+            tuple(games),
+            tuple(models),
+            id(self.settings),
+            self._sleeping,
+            self._on_battery(),
+        )
 
     def _unchanged(
         self,
@@ -300,6 +334,15 @@ class Steward:
         self._closed = True
         for holder in self.holders:
             try:
+                if holder.name == "builtin":  # our own VRAM: freed, and the frees audited, before we exit
+                    held = [
+                        m.name
+                        for m in holder.models()
+                        if m.state in (ModelState.RESIDENT, ModelState.LOADING)
+                    ]
+                    if held:
+                        for event in holder.evict(held, "shutdown"):
+                            self._emit(event)
                 holder.close()
             except Exception:
                 logger.exception("closing holder %s failed", holder.name)

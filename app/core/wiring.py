@@ -68,6 +68,7 @@ class Runtime:
     worker: threading.Thread | None = None
     aio: AsyncioThread | None = None
     api: ApiServer | None = None
+    sleep_watcher: object | None = None
 
     def start_worker(self) -> None:
         self.worker = threading.Thread(
@@ -83,6 +84,12 @@ class Runtime:
             self.worker.join(timeout_s)
         else:
             self.steward.shutdown()
+        close = getattr(self.sleep_watcher, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                logger.exception("stopping the sleep watcher failed")
         if self.api is not None and self.aio is not None:
             try:
                 self.aio.run(self.api.stop(), timeout_s=5.0)
@@ -119,6 +126,31 @@ def make_signals(
         except Exception:
             logger.exception("the GameMode watcher could not start")
     return CompositeSignals(sources)
+
+
+def watch_sleep(steward: Steward, aio: AsyncioThread, *, timeout_s: float = 3.5) -> object | None:
+    """Evict before the system sleeps and reload after (logind PrepareForSleep on the system bus; inert
+    without one). The sleep waits, under logind's delay lock, until our VRAM is released or timeout_s."""
+    try:
+        from app.core.policy.sleep import SleepWatcher
+    except Exception:
+        logger.exception("the sleep watcher could not start")
+        return None
+
+    def before_sleep() -> None:
+        steward.set_sleeping(True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(h.pids() for h in steward.holders):
+            time.sleep(0.05)
+
+    def after_resume() -> None:
+        steward.set_sleeping(False)
+
+    try:
+        return SleepWatcher(aio, before_sleep=before_sleep, after_resume=after_resume)
+    except Exception:
+        logger.exception("the sleep watcher could not start")
+        return None
 
 
 def build_runtime(
@@ -180,8 +212,14 @@ def build_runtime(
         audit=AuditLog(paths.audit_log_file()) if audit else None,
     )
     engines.append(steward)
+    sleep_watcher = watch_sleep(steward, aio) if aio is not None and simulate is None else None
     runtime = Runtime(
-        settings=settings, steward=steward, backend=backend, simulated=simulate is not None, aio=aio
+        settings=settings,
+        steward=steward,
+        backend=backend,
+        simulated=simulate is not None,
+        aio=aio,
+        sleep_watcher=sleep_watcher,
     )
     if with_api and aio is not None:
         from app.core.api import ApiServer, load_or_create_token

@@ -2,7 +2,11 @@
 
 It keeps the latest snapshot and renders it at most 10 times a second while a window is open, and once a
 second while only the tray icon shows (a state change renders at once), so the idle cost stays low.
-A notifier subscribes to `worker.engine_event` (every core Event, on the GUI thread).
+
+Notifications (`GuiNotifications`): the core's NotificationRouter is fed by `worker.engine_event`; it
+delivers on the runtime's asyncio thread (desktop notification server, else the tray balloon, else the
+log), and its buttons come back to the GUI thread as a queued signal: "resume" / "evict_now" become engine
+commands, "show" opens the dashboard, "ignore_app:<name>" saves an ignore rule.
 """
 
 from __future__ import annotations
@@ -13,15 +17,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QTimer
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from app.core import config
 from app.core import events as ev
+from app.core.aio_thread import AsyncioThread
 from app.core.config import Settings
 from app.core.errors import VramError
+from app.core.notify import (
+    DesktopNotifierBackend,
+    LogNotifier,
+    NotificationRouter,
+    Notifier,
+    add_ignore_rule,
+    command_for_action,
+)
+from app.core.notify_text import ACTION_SHOW, IGNORE_APP_PREFIX
 from app.ui import presenter
+from app.ui.balloon import TrayBalloonNotifier
 from app.ui.dashboard import Dashboard
 from app.ui.popup import TrayPopup
 from app.ui.presenter import TrayView
@@ -40,6 +55,49 @@ NO_TRAY_NOTICE = (
 )
 
 
+class GuiNotifications(QObject):
+    """The tray app's NotificationRouter, and the way its buttons reach the GUI thread.
+
+    Built before the worker (on the GUI thread, after the QApplication): `close()` belongs in the worker's
+    `stop_services`, so it runs after the engine released its VRAM and before the asyncio loop stops.
+    """
+
+    action = Signal(str, object)  # key, Event: emitted on whichever thread the backend calls back on
+
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        backends: Sequence[Notifier] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        settings: Settings = runtime.settings
+        if runtime.aio is None:  # started without the API: the router needs the loop all the same
+            aio = AsyncioThread()
+            aio.start()
+            runtime.aio = aio  # the worker's stop_services (runtime_services_stopper) stops it
+        self.router = NotificationRouter(
+            list(backends) if backends is not None else [DesktopNotifierBackend(), LogNotifier()],
+            aio=runtime.aio,
+            clock=clock or runtime.steward.clock,
+            on_action=self.action.emit,
+            coalesce_s=settings.notification_coalesce_secs,
+            enabled=settings.notifications,
+        )
+        if not settings.notifications:
+            logger.info("notifications are off (notifications = false)")
+
+    def add_tray_balloon(self, icon: QSystemTrayIcon) -> TrayBalloonNotifier:
+        """The fallback for a desktop with a tray but no notification server."""
+        balloon = TrayBalloonNotifier(icon)
+        self.router.add_fallback(balloon)
+        return balloon
+
+    def close(self) -> None:
+        self.router.close()
+
+
 class StewardApp(QObject):
     """Implements the tray's actions (TrayActions) and owns every window."""
 
@@ -50,6 +108,8 @@ class StewardApp(QObject):
         config_path: Path | None,
         *,
         notices: Sequence[str] = (),
+        welcome: str | None = None,
+        notifications: GuiNotifications | None = None,
         tray_available: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,6 +118,8 @@ class StewardApp(QObject):
         self.settings = settings
         self.config_path = config_path
         self.notices = tuple(notices)
+        self.welcome = welcome  # the first-run notice: a dashboard banner, and the dashboard opens once
+        self.notifications = notifications
         self.tray_available = (
             QSystemTrayIcon.isSystemTrayAvailable() if tray_available is None else tray_available
         )
@@ -77,7 +139,11 @@ class StewardApp(QObject):
         worker.snapshot.connect(self._on_snapshot)
         worker.engine_event.connect(self._on_event)
         worker.error.connect(self._on_error)
-        notice = "\n".join(self.notices)
+        if notifications is not None:
+            worker.engine_event.connect(notifications.router.handle)
+            # the backends call back on their own threads: queued, so the action runs on the GUI thread
+            notifications.action.connect(self.on_notification_action, Qt.ConnectionType.QueuedConnection)
+        notice = "\n".join(n for n in (welcome, *self.notices) if n)
         if not self.tray_available:
             notice = f"{NO_TRAY_NOTICE}\n{notice}".strip()
         self.dashboard.set_notice(notice)
@@ -89,9 +155,15 @@ class StewardApp(QObject):
             app.setQuitOnLastWindowClosed(not self.tray_available)
         if self.tray_available:
             self.tray.show()
+            if self.notifications is not None:
+                self.notifications.add_tray_balloon(self.tray.icon)
+            if self.welcome:
+                self.dashboard.bring_to_front()  # first run: say hello once, then live in the tray
         else:
             logger.warning("no system tray: showing the dashboard as a window")
             self.dashboard.show()
+        if self.welcome:
+            logger.info("%s", self.welcome)
         self.worker.start_in_thread()
 
     # --- snapshots and events ------------------------------------------------------------------
@@ -139,6 +211,31 @@ class StewardApp(QObject):
         self.dashboard.add_event(ev.EngineError(at=0.0, wall_time=time.time(), where="ui", message=text))
         self.tray.show_message("VRAM Steward", text)
 
+    def on_notification_action(self, key: str, event: ev.Event) -> None:
+        """A notification's button (or a click on it), on the GUI thread."""
+        if self._shut_down:
+            return
+        command = command_for_action(key, event)
+        if command is not None:
+            self.worker.submit(command.kind, gpu=command.gpu)
+        elif key == ACTION_SHOW:
+            self.show_dashboard()
+        elif key.startswith(IGNORE_APP_PREFIX):
+            self.ignore_app(key[len(IGNORE_APP_PREFIX) :])
+        else:
+            logger.warning("unknown notification action %r", key)
+
+    def ignore_app(self, name: str) -> None:
+        """What "Always ignore this app" does: an ignore rule saved in the settings file, then applied."""
+        try:
+            new = add_ignore_rule(self.settings, name, self.config_path)
+        except (VramError, OSError) as exc:
+            text = exc.user_message() if isinstance(exc, VramError) else str(exc)
+            self._on_error(f"Could not save the rule to ignore {name}: {text}")
+            return
+        logger.info("%s will be ignored from now on (rule saved in %s)", name, new.source)
+        self.apply_settings(new)
+
     # --- TrayActions ---------------------------------------------------------------------------
 
     def toggle_model(self, name: str, command: str) -> None:
@@ -166,6 +263,8 @@ class StewardApp(QObject):
     def apply_settings(self, new: Settings) -> None:
         self.settings = new
         self.worker.apply_settings(new)
+        if self.notifications is not None:
+            self.notifications.router.apply_settings(new)
         self.render()
 
     def show_dashboard(self) -> None:
@@ -194,17 +293,24 @@ class StewardApp(QObject):
             app.quit()
 
     def shutdown(self) -> None:
-        """Ordered: stop rendering, stop the engine (it releases VRAM), stop the API, end the thread."""
+        """Ordered: stop rendering and notifying, stop the engine (it releases VRAM), close the notifier,
+        stop the API and the asyncio loop, end the thread."""
         if self._shut_down:
             return
         self._shut_down = True
         self._render_timer.stop()
-        for signal, slot in (
+        connections: list[tuple[Any, Any]] = [
             (self.worker.snapshot, self._on_snapshot),
             (self.worker.engine_event, self._on_event),
             (self.worker.error, self._on_error),
-        ):
+        ]
+        if self.notifications is not None:
+            connections.append((self.worker.engine_event, self.notifications.router.handle))
+            connections.append((self.notifications.action, self.on_notification_action))
+        for signal, slot in connections:
             signal.disconnect(slot)
         self.tray.hide()
         self.worker.stop_and_wait()
+        if self.notifications is not None:
+            self.notifications.close()  # already closed when it is in the worker's stop_services
         logger.info("VRAM Steward stopped; VRAM released")

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +417,26 @@ class NvmlBackend:
         )
         return device.last
 
+    @staticmethod
+    def _suspended(device: _Device, last: GpuSnapshot) -> GpuSnapshot:
+        """A GPU asleep in runtime power management (a laptop's dGPU) is not queried, since any NVML call
+        wakes it. Nothing runs on a sleeping GPU: no processes, and its memory is free but for what the
+        driver reserves."""
+        reserved = last.reserved_bytes or 0
+        return replace(
+            last,
+            used_bytes=0,
+            free_bytes=max(last.total_bytes - reserved, 0),
+            processes=(),
+            utilization_percent=None,
+            temperature_c=None,
+            message="runtime-suspended: not polled, so that it can stay asleep",
+            unavailable=(
+                ("temperature_c", "the GPU is runtime-suspended (reading it would wake it)"),
+                ("utilization_percent", "the GPU is runtime-suspended (reading it would wake it)"),
+            ),
+        )
+
     def _absent_gpu(self, index: int) -> GpuSnapshot:
         last = self._device_count - 1
         listed = f"indices 0-{last}" if last > 0 else ("index 0" if last == 0 else "none")
@@ -439,6 +459,8 @@ class NvmlBackend:
         )
 
     def _query_device(self, device: _Device) -> GpuSnapshot:
+        if device.last is not None and device.handle is not None and self.is_runtime_suspended(device.index):
+            return self._suspended(device, device.last)
         if device.handle is None:
             device.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
             device.name = _text(pynvml.nvmlDeviceGetName(device.handle))

@@ -147,7 +147,11 @@ def test_lost_gpu_is_reported_and_the_other_gpu_keeps_its_model() -> None:
     assert [e.gpu for e in lost] == [1]  # type: ignore[attr-defined]
     evicted = kinds(events, "ModelsEvicted")
     assert all(e.gpu == 1 for e in evicted)  # type: ignore[attr-defined]
-    gpu0_frees = [e for e in kinds(events, "VramDeallocated") if e.gpu == 0]  # type: ignore[attr-defined]
+    gpu0_frees = [
+        e
+        for e in kinds(events, "VramDeallocated")
+        if e.gpu == 0 and e.reason != "shutdown"  # type: ignore[attr-defined]
+    ]
     assert gpu0_frees == []
 
 
@@ -162,3 +166,33 @@ def test_settings_changed_live_take_effect(toggle: str) -> None:
     # auto_evict is still on: the game's growth is caught as pressure once it is sustained
     pressure = [e for e in kinds(events, "ModelsEvicted") if e.reason == "pressure"]  # type: ignore[attr-defined]
     assert pressure and pressure[0].at > 22.0
+
+
+def test_system_sleep_evicts_before_and_reloads_after() -> None:
+    def sleep(rt: Runtime) -> None:
+        rt.steward.set_sleeping(True)
+
+    def woke(rt: Runtime) -> None:
+        rt.steward.set_sleeping(False)
+
+    _, events, states = run_engine("browser-growth", until_s=30, at={10.0: sleep, 20.0: woke})
+    evicted = kinds(events, "ModelsEvicted")
+    assert [e.reason for e in evicted] == ["sleep"]  # type: ignore[attr-defined]
+    assert 10.0 <= evicted[0].at < 10.5
+    resumed = kinds(events, "Resumed")
+    assert resumed and 20.0 <= resumed[0].at < 21.0, "after waking, models come back without a cooldown"
+    assert "sleeping" in states
+
+
+def test_on_battery_holds_no_models_when_the_user_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collections
+
+    import psutil
+
+    battery = collections.namedtuple("battery", "percent secsleft power_plugged")
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: battery(80, 3600, False))
+    _, events, _ = run_engine("browser-growth", Settings(hold_models_on_battery=False), until_s=10)
+    assert kinds(events, "VramAllocated") == [], "no model is loaded on battery"
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: battery(80, None, True))
+    _, events, _ = run_engine("browser-growth", Settings(hold_models_on_battery=False), until_s=10)
+    assert kinds(events, "VramAllocated"), "plugged in: the model loads"

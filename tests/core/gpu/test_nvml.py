@@ -521,3 +521,25 @@ def test_old_driver_without_v2_and_v3_symbols(tmp_path: Path) -> None:
     assert out["chosen"][:2] == ["nvml", "ok"]
     assert out["reserved"] is None
     assert out["processes"] == [[77, "graphics", MiB], [4242, "compute", 2 * GiB]]
+
+
+def test_a_runtime_suspended_gpu_is_not_queried(fake_nvml: FakeNvml, tmp_path: Path) -> None:
+    """Any NVML query wakes a sleeping laptop dGPU: while sysfs says it is suspended we do not ask NVML about
+    it, and report it idle (nothing can run on a sleeping GPU)."""
+    fake_nvml.write(H200.replace("\n", " bus=00000000:0A:00.0\n"))
+    backend = NvmlBackend(sysfs_root=tmp_path)
+    first = backend.sample().gpus[0]
+    power = tmp_path / "bus" / "pci" / "devices" / "0000:0a:00.0" / "power"
+    power.mkdir(parents=True)
+    (power / "runtime_status").write_text("suspended\n")
+    fake_nvml.reset_calls()
+    asleep = backend.sample().gpus[0]
+    assert fake_nvml.calls("nvmlDeviceGetMemoryInfo_v2") == 0
+    assert fake_nvml.calls("nvmlDeviceGetComputeRunningProcesses_v3") == 0
+    assert asleep.processes == () and asleep.total_bytes == first.total_bytes
+    assert "runtime-suspended" in (asleep.message or "")
+    (power / "runtime_status").write_text("active\n")
+    awake = backend.sample().gpus[0]
+    backend.close()
+    assert fake_nvml.calls("nvmlDeviceGetMemoryInfo_v2") >= 1
+    assert awake.message is None
