@@ -350,7 +350,9 @@ class NvmlBackend:
         self.query_errors_total += 1
         state, message = _init_failure(error)
         delay_s = self._init_backoff.failed()
-        log = logger.warning if self._init_backoff.failures == 1 else logger.debug
+        # no driver at all is a normal state (a machine without an NVIDIA GPU): the callers say it to people
+        first = logger.info if state == BackendState.NO_DRIVER else logger.warning
+        log = first if self._init_backoff.failures == 1 else logger.debug
         log("NVML unavailable (%s); next attempt in %.1f s: %s", error, delay_s, message)
         self._last_failure = TelemetrySnapshot(self.name, state, now, message=message)
         return self._last_failure
