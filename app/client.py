@@ -212,6 +212,11 @@ class StewardClient:
     def unload(self, model: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/models/{_quote(model)}/unload", {})
 
+    def verify(self, model: str) -> dict[str, Any]:
+        """Recompute the chunk digests of what is in VRAM; raises ApiError (seal_verification_failed,
+        details.damaged_chunks) when they differ."""
+        return self.request("POST", f"/v1/models/{_quote(model)}/verify", {})
+
     def pause(self) -> dict[str, Any]:
         return self.request("POST", "/v1/pause", {})
 

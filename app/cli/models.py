@@ -1,9 +1,10 @@
 """`vram-steward models list|load NAME|unload NAME|verify NAME [--simulate SCENARIO]`.
 
-A model loaded by a CLI process would die with it, so once the control channel exists these commands go to
-the running instance (`send_to_running_instance`). Until then, and always with --simulate, they run
-in-process as a one-shot demonstration (`run_in_process`): load = seal with a progress bar, report, free;
-verify = seal, verify, free; unload = seal, then unload and show what NVML says is left of ours.
+A model loaded by a CLI process would die with it, so when VRAM Steward runs (tray or daemon) these commands
+go to it through the local API (`send_to_running_instance`), with a progress bar that follows the load.
+With no running instance, and always with --simulate, they run in-process as a one-shot demonstration
+(`run_in_process`): load = seal with a progress bar, report, free; verify = seal, verify, free; unload =
+seal, then unload and show what NVML says is left of ours.
 """
 
 from __future__ import annotations
@@ -47,10 +48,69 @@ def run(args: argparse.Namespace) -> int:
     return run_in_process(args)
 
 
-def send_to_running_instance(args: argparse.Namespace) -> int | None:
-    """The hook for the control channel: route the command to the running instance and return its exit
-    code, or None when there is none to talk to (then the command runs in-process). None for now."""
-    return None
+def send_to_running_instance(args: argparse.Namespace, *, out: TextIO | None = None) -> int | None:
+    """Route the command to the running instance through its local API and return the exit code, or None
+    when no instance runs (then the command runs in-process). --simulate always runs in-process."""
+    from app.client import NotRunning, StewardClient
+    from app.core.errors import VramError
+
+    if getattr(args, "simulate", None):
+        return None
+    out = out or sys.stdout
+    try:
+        client = StewardClient(timeout_s=30.0)
+        client.request("GET", "/healthz")
+    except NotRunning:
+        return None
+    try:
+        if args.action == "list":
+            models = client.models()
+            if args.json:
+                out.write(json.dumps(models, indent=2) + "\n")
+            else:
+                for m in models:
+                    size = "?" if m.get("size_bytes") is None else f"{m['size_bytes'] / 1e9:.1f} GB"
+                    out.write(f"{m['name']:<32} {m['state']:<10} GPU {m['gpu']}  {size}\n")
+            return 0
+        if args.action == "unload":
+            client.unload(args.name)
+            out.write(f"{args.name}: unloaded by the running instance (it stays out until you load it)\n")
+            return 0
+        if args.action == "verify":
+            result = client.verify(args.name)
+            digest = str((result.get("result") or {}).get("digest", ""))[:16]
+            out.write(f"Verified {args.name}: VRAM matches digest {digest}…\n")
+            return 0
+        client.load(args.name)
+        return _follow_load(client, args.name, out)
+    except VramError as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr)
+        return 1
+
+
+def _follow_load(client: Any, name: str, out: TextIO, *, timeout_s: float = 3600.0) -> int:
+    """Show the running instance's load of `name` with a progress bar until it is resident or failed."""
+    bar = ProgressBar(out, label=name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        model = next((m for m in client.models() if m["name"] == name), None)
+        if model is None:
+            break
+        if model["state"] == "loading" and model.get("progress_total_bytes"):
+            bar.update(int(model.get("progress_done_bytes") or 0), int(model["progress_total_bytes"]))
+        elif model["state"] == "resident":
+            bar.finish()
+            rate = model.get("load_bytes_per_s")
+            extra = f" at {rate / 1e9:.1f} GB/s" if rate else ""
+            out.write(f"{name} is resident on GPU {model['gpu']}{extra} (held by the running instance)\n")
+            return 0
+        elif model["state"] in ("failed", "evicted", "unloaded"):
+            bar.finish()
+            out.write(f"{name}: {model['state']}: {model.get('last_error') or 'see `vram-steward status`'}\n")
+            return 1
+        time.sleep(0.2)
+    bar.finish()
+    return 1
 
 
 def run_in_process(args: argparse.Namespace, *, out: TextIO | None = None) -> int:

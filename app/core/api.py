@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 COMMAND_TIMEOUT_S = 10.0
+VERIFY_TIMEOUT_S = 600.0  # reading back a large model on the CPU path takes a while
 LONG_POLL_STEP_S = 0.05  # how often a long poll looks at its reservation again
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -140,6 +141,7 @@ class ApiServer:
         r.add_get("/v1/models", self.models)
         r.add_post("/v1/models/{name}/load", self.load)
         r.add_post("/v1/models/{name}/unload", self.unload)
+        r.add_post("/v1/models/{name}/verify", self.verify)
         r.add_post("/v1/pause", self.command("pause"))
         r.add_post("/v1/resume", self.command("resume"))
         r.add_post("/v1/evict", self.command("evict_now"))
@@ -296,6 +298,14 @@ class ApiServer:
         model = next((m for m in snap.models if m.name == name), None)
         return web.json_response({"model": model.to_json() if model else None})
 
+    async def verify(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self._known_model(name)
+        await self._body(request)
+        result = await self._run(Command(kind="verify", model=name), timeout_s=VERIFY_TIMEOUT_S)
+        facts = result.to_json() if hasattr(result, "to_json") else {}
+        return web.json_response({"model": name, "verified": True, "result": facts})
+
     def command(self, kind: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             await self._body(request)
@@ -390,10 +400,10 @@ class ApiServer:
             for r in ledgers[index].reservations()
         ]
 
-    async def _run(self, command: Command) -> Any:
+    async def _run(self, command: Command, *, timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
         future = self.steward.submit(command)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), COMMAND_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except TimeoutError:
             return_problem = VramError(
                 "the engine did not answer in time", suggestions=["Check the log; the engine may be stuck"]

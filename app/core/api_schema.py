@@ -284,6 +284,20 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json("Unloaded.", {"type": "object"}), **_ERRORS},
             },
         },
+        "/v1/models/{name}/verify": {
+            "parameters": [_MODEL_NAME],
+            "post": {
+                "summary": "Recompute the chunk digests of what is in VRAM; compare with the manifest.",
+                "requestBody": _OPTIONAL_BODY,
+                "responses": {
+                    "200": _json("VRAM matches the manifest.", {"type": "object"}),
+                    "409": _problem_response(
+                        "seal_verification_failed: damaged chunks named in details.damaged_chunks."
+                    ),
+                    **_ERRORS,
+                },
+            },
+        },
         "/v1/pause": _control("Free all VRAM and hold nothing until resume."),
         "/v1/resume": _control("Lift a pause."),
         "/v1/evict": _control("Free all VRAM now; models come back when the GPU is free."),

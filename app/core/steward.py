@@ -249,11 +249,12 @@ class Steward:
             tick=self._tick,
         )
         self._quiet_key = self._world_key(telemetry, games, snapshot.models) if not decision.actions else None
+        self._publish(snapshot)  # before answering: a caller that reads `snapshot` next must see this one
         for request in requests:
             if request.future is not None and not request.future.done():
                 request.future.set_result(snapshot)
         logger.debug("tick %d at %.3f: %s", self._tick, now, decision.state)
-        return self._publish(snapshot)
+        return snapshot
 
     def _publish(self, snapshot: StewardSnapshot) -> StewardSnapshot:
         self._snapshot = snapshot
@@ -449,6 +450,8 @@ class Steward:
             command = request.command
             if command.kind == "load" and command.model:
                 self._load(command.model, refused, blocked, decision, request)
+            elif command.kind == "verify" and command.model:
+                self._verify(command.model, request)
             elif command.kind == "unload" and command.model:
                 holder = self._holder_for(command.model)
                 if holder is None:
@@ -499,6 +502,29 @@ class Steward:
             )
             if request.future is not None and not request.future.done():
                 request.future.set_exception(exc)
+
+    def _verify(self, model: str, request: _Request) -> None:
+        """Recompute the chunk digests of what is in VRAM; the request's future gets the SealVerified event,
+        or the SealVerificationFailed error naming the damaged chunks (also a critical audit event)."""
+        holder = self._holder_for(model)
+        verify = getattr(holder, "verify", None)
+        if holder is None or verify is None:
+            self._fail(
+                request, f"{model!r} is not a model VRAM Steward seals itself, so it cannot be verified"
+            )
+            return
+        try:
+            result = verify(model)
+        except VramError as exc:
+            for event in holder.poll():
+                self._emit(event)
+            if request.future is not None and not request.future.done():
+                request.future.set_exception(exc)
+            return
+        for event in holder.poll():
+            self._emit(event)
+        if request.future is not None and not request.future.done():
+            request.future.set_result(result)
 
     def _fail(self, request: _Request, message: str) -> None:
         from app.core.errors import InvalidInput

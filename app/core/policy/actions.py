@@ -16,7 +16,9 @@ from app.core.holders import ModelStatus
 from app.core.policy.classify import Classification
 from app.core.policy.signals import GameSignal
 
-CommandKind = Literal["evict_now", "pause", "resume", "load", "unload"]
+CommandKind = Literal[
+    "evict_now", "pause", "resume", "load", "unload", "verify", "show"
+]  # the policy ignores the last two
 
 
 @dataclass(frozen=True)
