@@ -10,6 +10,7 @@ PACKAGES=(
   dbus           # private session buses in tests
   dbus-x11
   dunst          # a real notification server
+  haskell-status-notifier-item-utils  # status-notifier-watcher: a tray (StatusNotifierItem) for the desktop tests
   gamemode       # the real GameMode daemon (game signal tests)
   prometheus     # promtool for the alert rules
   desktop-file-utils  # desktop-file-validate for the .desktop files

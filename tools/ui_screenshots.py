@@ -1,9 +1,14 @@
-"""Screenshots of the tray menu, the popup and the dashboard for docs/screenshots/ (README).
+"""Screenshots of the tray app on a real X desktop, for docs/screenshots/ (README).
 
-Runs the real engine on the game-launch scenario (simulated GPU, scenario clock stepped one second per tick)
-and renders the real widgets offscreen with QWidget.grab(), so it needs no display:
+Starts a throw-away desktop (Xvfb, a private D-Bus session bus, status-notifier-watcher so the tray icon
+exists, dunst for the notifications: tests/fixtures/desktop_session.py), builds the tray app the way
+`vram-steward gui --simulate game-launch --no-api` does (app/cli/gui.py make_steward_app), runs the
+scenario five times faster than real time, and takes the pictures from the X server's screen (what
+`import -window root` would give), cropped to each window:
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python tools/ui_screenshots.py [OUT_DIR]
+    .venv/bin/python tools/ui_screenshots.py [OUT_DIR]      (default: docs/screenshots)
+
+Needs the Debian packages xvfb, dbus, dunst and haskell-status-notifier-item-utils. About 40 s.
 """
 
 from __future__ import annotations
@@ -11,97 +16,132 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from PySide6.QtWidgets import QApplication, QMenu
+from PySide6.QtCore import QRect  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
 
-from app.core.config import Settings
-from app.core.events import Event, ModelsEvicted, Resumed
-from app.core.gpu.simulated import ManualClock
-from app.core.wiring import build_runtime
-from app.ui import presenter
-from app.ui.dashboard import Dashboard
-from app.ui.popup import TrayPopup
-from app.ui.timeline import TimelineHistory
-from app.ui.tray import fill_menu
+from tests.fixtures.desktop_session import missing_desktop_parts, start_desktop_session  # noqa: E402
 
-NOTICE = "No NVIDIA GPU found: running a simulation (scenario game-launch)."
+SPEED = 5.0  # scenario seconds per real second
+SCREEN_CORNER = (1180, 790)  # where a panel's tray would be: the popup and the menu open there
+NOTIFICATION_AREA = (880, 0, 400, 260)  # x, y, width, height: dunst's corner (top right)
 
 
-class NoActions:
-    def toggle_model(self, name: str, command: str) -> None: ...
-    def set_auto_evict(self, on: bool) -> None: ...
-    def set_auto_pause_for_gaming(self, on: bool) -> None: ...
-    def send(self, kind: str) -> None: ...
-    def show_dashboard(self) -> None: ...
-    def show_settings(self) -> None: ...
-    def quit(self) -> None: ...
+def main(out: Path) -> int:
+    problem = missing_desktop_parts()
+    if problem is not None:
+        print(f"cannot take the screenshots: {problem}", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="vram-steward-shots-"))
+    session = start_desktop_session(workdir)
+    try:
+        os.environ.update(session.env())
+        for name in ("CONFIG", "STATE", "LOG"):
+            os.environ[f"VRAM_STEWARD_{name}_DIR"] = str(workdir / name.lower())
+        return shoot(out)
+    finally:
+        session.stop()
 
 
-def main(out: Path) -> None:
-    for name in ("VRAM_STEWARD_CONFIG_DIR", "VRAM_STEWARD_STATE_DIR", "VRAM_STEWARD_LOG_DIR"):
-        os.environ.setdefault(name, tempfile.mkdtemp(prefix="vram-steward-shots-"))
-    app = QApplication(["vram-steward"])
-    clock = ManualClock(0.0)
+def shoot(out: Path) -> int:
+    from PySide6.QtCore import QPoint
+    from PySide6.QtGui import QCursor, QGuiApplication
+    from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+    from app.cli.gui import make_steward_app
+    from app.core.config import Settings
+    from app.core.wiring import build_runtime
+
+    qt = QApplication(["vram-steward"])
+    qt.setApplicationDisplayName("VRAM Steward")
+    qt.setQuitOnLastWindowClosed(False)
+    if not QSystemTrayIcon.isSystemTrayAvailable():
+        print("no system tray on the test desktop (is status-notifier-watcher running?)", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+
+    def clock() -> float:
+        return (time.monotonic() - started) * SPEED
+
     settings = Settings()
     runtime = build_runtime(settings, simulate="game-launch", clock=clock, with_api=False, audit=False)
-    steward = runtime.steward
-    events: list[Event] = []
-    steward.subscribe(events.append)
-    history = TimelineHistory(clock=clock, window_s=180.0)
-    actions = NoActions()
-    dashboard = Dashboard(actions, history)
-    dashboard.set_notice(NOTICE)
-    dashboard.resize(820, 720)
-    snapshots = {}
-    for second in range(1, 150):
-        clock.set(float(second))
-        snapshot = steward.tick()
-        view = presenter.present(snapshot, settings, notices=[NOTICE])
-        history.add(view.gpus)
-        for event in events:
-            dashboard.add_event(event)
-            if isinstance(event, ModelsEvicted):
-                history.mark(event.gpu, "evicted")
-            elif isinstance(event, Resumed):
-                history.mark(event.gpu, "resumed")
-        events.clear()
-        snapshots[second] = snapshot
+    notices = ["No NVIDIA GPU found: running a simulation (scenario game-launch)."]
+    app = make_steward_app(runtime, settings, None, notices=notices, clock=clock)
     out.mkdir(parents=True, exist_ok=True)
+    screen = QGuiApplication.primaryScreen()
 
-    resident = snapshots[12]
-    view = presenter.present(resident, settings, notices=[NOTICE])
-    menu = QMenu()
-    fill_menu(menu, view, actions)
-    menu.adjustSize()
-    menu.grab().save(str(out / "tray-menu.png"))
+    def wait_for(scenario_s: float) -> None:
+        while clock() < scenario_s:
+            qt.processEvents()
+            time.sleep(0.01)
 
-    popup = TrayPopup(lambda: None)
-    popup.set_view(presenter.present(snapshots[40], settings))
-    popup.adjustSize()
-    popup.grab().save(str(out / "tray-popup.png"))
+    def settle(real_s: float = 0.4) -> None:
+        end = time.monotonic() + real_s
+        while time.monotonic() < end:
+            qt.processEvents()
+            time.sleep(0.01)
 
-    last = snapshots[149]
-    dashboard.set_view(presenter.present(last, settings, notices=[NOTICE]), presenter.process_rows(last))
-    dashboard.tabs.setCurrentIndex(2)
-    dashboard.grab().save(str(out / "dashboard.png"))
-    dashboard.tabs.setCurrentIndex(0)
-    at_game = snapshots[40]
-    dashboard.set_view(
-        presenter.present(at_game, settings, notices=[NOTICE]), presenter.process_rows(at_game)
-    )
-    dashboard.grab().save(str(out / "dashboard-processes.png"))
-    steward.shutdown()
+    def save(name: str, area: QRect | None = None) -> None:
+        settle()
+        picture = screen.grabWindow(0)  # the root window: everything on the X screen
+        if area is not None:
+            picture = picture.copy(area)
+        path = out / name
+        picture.save(str(path))
+        print(path)
+
+    QCursor.setPos(*SCREEN_CORNER)
+    app.start()
+    app.dashboard.move(20, 20)
+    app.dashboard.resize(820, 720)
+    app.show_dashboard()
+
+    wait_for(12.0)  # the model is resident
+    app.tray.rebuild_menu()  # what opening the menu does
+    app.tray.menu.popup(QPoint(*SCREEN_CORNER))
+    save("tray-menu.png", app.tray.menu.geometry())
+    app.tray.menu.hide()
+
+    wait_for(32.0)  # the game runs; the models are out; dunst shows the notification
+    app.show_popup()
+    save("desktop.png")
+    save("tray-popup.png", app.popup.geometry())
+    save("notification.png", trimmed(screen.grabWindow(0).toImage(), QRect(*NOTIFICATION_AREA)))
+    app.popup.hide()
+
+    app.dashboard.tabs.setCurrentIndex(0)
+    app.show_dashboard()
+    save("dashboard-processes.png", app.dashboard.frameGeometry())
+
+    wait_for(185.0)  # the game ended, the cooldown passed, the model came back
+    app.dashboard.tabs.setCurrentIndex(2)
+    app.show_dashboard()
+    save("dashboard.png", app.dashboard.frameGeometry())
     app.quit()
-    print("\n".join(str(p) for p in sorted(out.glob("*.png"))))
+    return 0
+
+
+def trimmed(image: QImage, area: QRect, margin: int = 6) -> QRect:
+    """The part of `area` that differs from the screen's background (its top-left pixel), plus a margin."""
+    background = image.pixel(area.topLeft())
+    xs, ys = [], []
+    for y in range(area.top(), area.bottom() + 1, 2):
+        for x in range(area.left(), area.right() + 1, 2):
+            if image.pixel(x, y) != background:
+                xs.append(x)
+                ys.append(y)
+    if not xs:
+        return area
+    box = QRect(
+        min(xs) - margin, min(ys) - margin, max(xs) - min(xs) + 2 * margin, max(ys) - min(ys) + 2 * margin
+    )
+    return box.intersected(area)
 
 
 if __name__ == "__main__":
-    main(
-        Path(sys.argv[1])
-        if len(sys.argv) > 1
-        else Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-    )
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "docs" / "screenshots"))

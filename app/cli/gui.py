@@ -151,22 +151,8 @@ def run_gui(args: argparse.Namespace) -> int:
     runtime = _build_runtime(settings, args, notices)
     if runtime is None:
         return 2
-    from app.ui.application import GuiNotifications, StewardApp
-    from app.ui.worker import StewardWorker, runtime_services_stopper
-
-    notifications = GuiNotifications(runtime)  # starts the asyncio loop when the API did not
-    stop_api_and_loop = runtime_services_stopper(runtime)
-
-    def stop_services() -> None:
-        """After the engine released its VRAM: the notifier first, while its loop still runs."""
-        notifications.close()
-        stop_api_and_loop()
-
-    worker = StewardWorker(runtime.steward, stop_services=stop_services)
     config_path = getattr(args, "config", None) or settings.source
-    steward_app = StewardApp(
-        worker, settings, config_path, notices=notices, welcome=welcome, notifications=notifications
-    )
+    steward_app = make_steward_app(runtime, settings, config_path, notices=notices, welcome=welcome)
     instance.show_requested.connect(steward_app.show_dashboard)
     for notice in (welcome, *notices):
         if notice:
@@ -179,6 +165,35 @@ def run_gui(args: argparse.Namespace) -> int:
         steward_app.shutdown()
         instance.close()
         del keep
+
+
+def make_steward_app(
+    runtime: Any,
+    settings: Any,
+    config_path: Path | None,
+    *,
+    notices: list[str],
+    welcome: str | None = None,
+    clock: Any = None,
+) -> Any:
+    """The tray app on a built runtime: its notifier, the engine's worker thread (not started yet) and the
+    windows. `StewardApp.start()` shows it; tools/ui_screenshots.py builds it the same way."""
+    from app.ui.application import GuiNotifications, StewardApp
+    from app.ui.worker import StewardWorker, runtime_services_stopper
+
+    notifications = GuiNotifications(runtime)  # starts the asyncio loop when the API did not
+    stop_api_and_loop = runtime_services_stopper(runtime)
+
+    def stop_services() -> None:
+        """After the engine released its VRAM: the notifier first, while its loop still runs."""
+        notifications.close()
+        stop_api_and_loop()
+
+    worker = StewardWorker(runtime.steward, stop_services=stop_services)
+    extra = {"clock": clock} if clock is not None else {}
+    return StewardApp(
+        worker, settings, config_path, notices=notices, welcome=welcome, notifications=notifications, **extra
+    )
 
 
 def quit_on_signals(quit_app: Any) -> Any:

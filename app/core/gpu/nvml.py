@@ -40,6 +40,7 @@ except ImportError:  # pragma: no cover - psutil is a dependency, but a missing 
 
 logger = logging.getLogger(__name__)
 
+SENSOR_INTERVAL_S = 1.0  # temperature and utilization are read at most this often
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 60.0
 
@@ -115,6 +116,7 @@ class _Device:
     process_variant: dict[ProcessKind, int] = field(default_factory=dict)  # index into _PROCESS_CHAINS
     unsupported: dict[str, str] = field(default_factory=dict)  # field -> reason, never asked again
     last: GpuSnapshot | None = None
+    sensors: dict[str, tuple[float, int | str]] = field(default_factory=dict)  # field -> (asked at, value)
 
 
 def _text(value: object) -> str:
@@ -537,8 +539,14 @@ class NvmlBackend:
         is remembered and not asked again; other errors are counted and asked again next sample."""
         if field_name in device.unsupported:
             return device.unsupported[field_name]
+        cached = device.sensors.get(field_name)
+        now = self._clock()
+        if cached is not None and now - cached[0] < SENSOR_INTERVAL_S and isinstance(cached[1], int):
+            return cached[1]  # temperature and utilization change slowly: not worth an NVML call at 10 Hz
         try:
-            return int(query())
+            value = int(query())
+            device.sensors[field_name] = (now, value)
+            return value
         except pynvml.NVMLError as error:
             if error.value in _BACKEND_ERRORS or error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
                 raise

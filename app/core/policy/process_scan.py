@@ -51,7 +51,7 @@ def read_process_table(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
     through psutil elsewhere or when /proc cannot be read."""
     if _PROC_USABLE:
         try:
-            return read_proc_directly(cmdline_names)
+            return _INCREMENTAL(cmdline_names)
         except OSError as exc:
             logger.debug("reading /proc directly failed (%s); using psutil", exc)
     return read_with_psutil(cmdline_names)
@@ -97,36 +97,76 @@ def read_proc_directly(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        pid = int(entry.name)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat_file:
-                stat = stat_file.read().decode(errors="replace")
-        except OSError:
-            continue  # it ended while we looked
-        open_paren, close_paren = stat.find("("), stat.rfind(")")
-        name = stat[open_paren + 1 : close_paren]
-        fields = stat[close_paren + 2 :].split()
-        try:
-            ppid = int(fields[1])
-            create_time: float | None = boot_time + int(fields[19]) / _CLOCK_TICKS
-        except (IndexError, ValueError):
-            ppid, create_time = 0, None
-        try:
-            exe: str | None = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") or None
-        except OSError:
-            exe = None  # another user's process, a kernel thread, or gone
-        cmdline: tuple[str, ...] | None = None
-        if len(name) >= _COMM_MAX or name.lower() in cmdline_names:
-            cmdline = _read_cmdline(pid)
-            if len(name) >= _COMM_MAX and cmdline:
-                full = os.path.basename(cmdline[0])
-                name = full if full.startswith(name) else name
-            if name.lower() not in cmdline_names:
-                cmdline = None
-        found.append(
-            ProcessInfo(pid=pid, ppid=ppid, name=name, exe=exe, create_time=create_time, cmdline=cmdline)
-        )
+        info = _read_one(int(entry.name), boot_time, cmdline_names)
+        if info is not None:
+            found.append(info)
     return found
+
+
+def _read_one(pid: int, boot_time: float, cmdline_names: frozenset[str]) -> ProcessInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read().decode(errors="replace")
+    except OSError:
+        return None  # it ended while we looked
+    open_paren, close_paren = stat.find("("), stat.rfind(")")
+    name = stat[open_paren + 1 : close_paren]
+    fields = stat[close_paren + 2 :].split()
+    try:
+        ppid = int(fields[1])
+        create_time: float | None = boot_time + int(fields[19]) / _CLOCK_TICKS
+    except (IndexError, ValueError):
+        ppid, create_time = 0, None
+    try:
+        exe: str | None = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") or None
+    except OSError:
+        exe = None  # another user's process, a kernel thread, or gone
+    cmdline: tuple[str, ...] | None = None
+    if len(name) >= _COMM_MAX or name.lower() in cmdline_names:
+        cmdline = _read_cmdline(pid)
+        if len(name) >= _COMM_MAX and cmdline:
+            full = os.path.basename(cmdline[0])
+            name = full if full.startswith(name) else name
+        if name.lower() not in cmdline_names:
+            cmdline = None
+    return ProcessInfo(pid=pid, ppid=ppid, name=name, exe=exe, create_time=create_time, cmdline=cmdline)
+
+
+class IncrementalProcReader:
+    """The Linux walk, reading only processes that are new since the last walk: a listing of /proc costs
+    a fraction of reading every process's stat and exe, and between two walks a second apart almost every
+    process is the same. Every `full_every` walks (and whenever the names whose command line we want
+    change) everything is read again, which also catches a reused pid and a changed parent."""
+
+    def __init__(self, full_every: int = 30) -> None:
+        self.full_every = full_every
+        self.walks = 0
+        self.reads = 0  # processes read in full, for tests and measurements
+        self._known: dict[int, ProcessInfo] = {}
+        self._names: frozenset[str] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, cmdline_names: frozenset[str]) -> list[ProcessInfo]:
+        with self._lock:
+            boot_time = psutil.boot_time()
+            full = self.walks % self.full_every == 0 or cmdline_names != self._names
+            self.walks += 1
+            self._names = cmdline_names
+            pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+            known = {} if full else self._known
+            table: dict[int, ProcessInfo] = {}
+            for pid in pids:
+                info = known.get(pid)
+                if info is None:
+                    info = _read_one(pid, boot_time, cmdline_names)
+                    self.reads += 1
+                if info is not None:
+                    table[pid] = info
+            self._known = table
+            return list(table.values())
+
+
+_INCREMENTAL = IncrementalProcReader()
 
 
 def _read_cmdline(pid: int) -> tuple[str, ...] | None:
