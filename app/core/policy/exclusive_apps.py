@@ -5,10 +5,9 @@ executable, case-insensitively, with or without ".exe" ("blender", "resolve", "D
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable
 
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable
+from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 from app.core.policy.signals import GameSignal
 
 
@@ -29,16 +28,12 @@ def matching_entry(proc: ProcessInfo, wanted: dict[str, str]) -> str | None:
     return None
 
 
-class ExclusiveApps:
+class ExclusiveApps(TableSignalSource):
     """GameSignalSource for processes on the exclusive-app list. One signal per matching process."""
 
     def __init__(self, scanner: ProcessScanner, names: Iterable[str]) -> None:
-        self.scanner = scanner
-        self._lock = threading.Lock()
+        super().__init__(scanner)
         self._wanted: dict[str, str] = {}
-        self._generation = -1
-        self._signals: tuple[GameSignal, ...] = ()
-        self._first_seen: dict[tuple[int, float | None], float] = {}
         self.set_names(names)
 
     def set_names(self, names: Iterable[str]) -> None:
@@ -48,20 +43,8 @@ class ExclusiveApps:
             self._wanted = wanted
             self._generation = -1
 
-    def active(self) -> tuple[GameSignal, ...]:
-        with self._lock:
-            if not self._wanted:
-                return ()
-        table = self.scanner.table()
-        with self._lock:
-            if table.generation != self._generation:
-                self._signals = self._signals_from(table)
-                self._generation = table.generation
-            return self._signals
-
-    def close(self) -> None:
-        with self._lock:
-            self._signals = ()
+    def _enabled(self) -> bool:
+        return bool(self._wanted)  # an empty list costs no process walk
 
     def _signals_from(self, table: ProcessTable) -> tuple[GameSignal, ...]:
         signals: list[GameSignal] = []

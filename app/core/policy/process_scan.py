@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from app.core.policy.signals import GameSignal
+
 logger = logging.getLogger(__name__)
 
 _ATTRS = ["pid", "ppid", "name", "exe", "create_time"]
@@ -135,14 +137,17 @@ def _read_one(pid: int, boot_time: float, cmdline_names: frozenset[str]) -> Proc
 class IncrementalProcReader:
     """The Linux walk, reading only processes that are new since the last walk: a listing of /proc costs
     a fraction of reading every process's stat and exe, and between two walks a second apart almost every
-    process is the same. Every `full_every` walks (and whenever the names whose command line we want
-    change) everything is read again, which also catches a reused pid and a changed parent."""
+    process is the same. A new process is read again on the walk after (a fork is seen before its exec
+    gives it its name); every `full_every` walks (and whenever the names whose command line we want
+    change) everything is read again, which catches a later exec (a launcher script that execs the game),
+    a reused pid and a changed parent within `full_every` walks."""
 
-    def __init__(self, full_every: int = 30) -> None:
+    def __init__(self, full_every: int = 5) -> None:
         self.full_every = full_every
         self.walks = 0
         self.reads = 0  # processes read in full, for tests and measurements
         self._known: dict[int, ProcessInfo] = {}
+        self._young: set[int] = set()  # read for the first time on the last walk: read once more
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
@@ -154,15 +159,20 @@ class IncrementalProcReader:
             self._names = cmdline_names
             pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
             known = {} if full else self._known
+            young = self._young
             table: dict[int, ProcessInfo] = {}
+            fresh: set[int] = set()
             for pid in pids:
-                info = known.get(pid)
+                info = None if pid in young else known.get(pid)
                 if info is None:
                     info = _read_one(pid, boot_time, cmdline_names)
                     self.reads += 1
+                    if self.walks > 1 and pid not in self._known:  # started since the last walk
+                        fresh.add(pid)
                 if info is not None:
                     table[pid] = info
             self._known = table
+            self._young = fresh
             return list(table.values())
 
 
@@ -231,3 +241,36 @@ class ProcessScanner:
             generation=generation,
             duration_s=max(0.0, self.clock() - now),
         )
+
+
+class TableSignalSource:
+    """Base of the game-signal sources that read the shared process table (Steam, exclusive apps): active()
+    derives signals once per scan generation and returns the cached result in between."""
+
+    def __init__(self, scanner: ProcessScanner) -> None:
+        self.scanner = scanner
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._signals: tuple[GameSignal, ...] = ()
+        self._first_seen: dict[tuple[int, float | None], float] = {}
+
+    def _enabled(self) -> bool:
+        return True
+
+    def active(self) -> tuple[GameSignal, ...]:
+        with self._lock:
+            if not self._enabled():
+                return ()
+        table = self.scanner.table()
+        with self._lock:
+            if table.generation != self._generation:
+                self._signals = self._signals_from(table)
+                self._generation = table.generation
+            return self._signals
+
+    def close(self) -> None:
+        with self._lock:
+            self._signals = ()
+
+    def _signals_from(self, table: ProcessTable) -> tuple[GameSignal, ...]:
+        raise NotImplementedError

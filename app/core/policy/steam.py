@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable
+from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 from app.core.policy.signals import GameSignal
 
 logger = logging.getLogger(__name__)
@@ -117,34 +116,18 @@ def name_from_cmdline(cmdline: Sequence[str]) -> str | None:
     return None
 
 
-class SteamGames:
+class SteamGames(TableSignalSource):
     """GameSignalSource for running Steam games. active() rescans the process table when the shared
     scanner says it is due (process_check_interval_secs on the scanner's clock), else returns the last
     result."""
 
     def __init__(self, scanner: ProcessScanner, *, steamapps_dirs: Sequence[Path] | None = None) -> None:
-        self.scanner = scanner
+        super().__init__(scanner)
         scanner.want_cmdline(REAPER_NAME)
         if steamapps_dirs is None:
             steamapps_dirs = default_steamapps_dirs()
         self.steamapps_dirs = tuple(steamapps_dirs)
-        self._lock = threading.Lock()
-        self._generation = -1
-        self._signals: tuple[GameSignal, ...] = ()
-        self._first_seen: dict[tuple[int, float | None], float] = {}
         self._manifest_names: dict[str, str | None] = {}
-
-    def active(self) -> tuple[GameSignal, ...]:
-        table = self.scanner.table()
-        with self._lock:
-            if table.generation != self._generation:
-                self._signals = self._signals_from(table)
-                self._generation = table.generation
-            return self._signals
-
-    def close(self) -> None:
-        with self._lock:
-            self._signals = ()
 
     def _signals_from(self, table: ProcessTable) -> tuple[GameSignal, ...]:
         signals: list[GameSignal] = []

@@ -96,6 +96,8 @@ def test_the_direct_proc_walk_sees_what_psutil_sees(spawn) -> None:
     assert {long_named.pid, reaper.pid} <= common
     for pid in common:
         a, b = direct[pid], portable[pid]
+        if a.exe is None and a.ppid == 2:
+            continue  # kernel threads rename themselves (kworker/1:0-events -> ...-mm_percpu_wq) at will
         assert (a.name, a.ppid, a.exe, a.cmdline) == (b.name, b.ppid, b.exe, b.cmdline), pid
         assert a.create_time is not None and b.create_time is not None
         assert abs(a.create_time - b.create_time) < 0.05
