@@ -141,7 +141,13 @@ class DesktopNotifierBackend:
         from desktop_notifier import DesktopNotifier
 
         if self._notifier is None:
-            self._notifier = DesktopNotifier(app_name=self.app_name)
+            from desktop_notifier import Icon
+
+            from app.core.paths import app_icon_file
+
+            icon_file = app_icon_file()
+            icon = Icon(path=icon_file) if icon_file else Icon(name="vram-steward")
+            self._notifier = DesktopNotifier(app_name=self.app_name, app_icon=icon)
         try:
             return await self._send(self._notifier, text, on_action)
         except (TimeoutError, asyncio.CancelledError):

@@ -41,3 +41,19 @@ def api_token_file() -> Path:
 def api_endpoint_file() -> Path:
     """Written by the running instance: where its API listens (host, port), so the CLI finds it."""
     return state_dir() / "api-endpoint.json"
+
+
+def app_icon_file() -> Path | None:
+    """The app's PNG icon: in the checkout (resources/icons) or inside a PyInstaller bundle; None when this
+    install has no icon file (then the icon theme's "vram-steward", installed by packaging/install.sh)."""
+    import sys
+
+    roots = [Path(__file__).resolve().parents[2]]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        roots.insert(0, Path(bundle))
+    for root in roots:
+        candidate = root / "resources" / "icons" / "vram-steward-128.png"
+        if candidate.is_file():
+            return candidate
+    return None

@@ -151,7 +151,10 @@ class TimelineWidget(QWidget):
                 p.drawLine(QPointF(x, area.top()), QPointF(x, area.bottom()))
                 p.setPen(text)
                 glyph = "▼ evicted" if marker.kind == "evicted" else "▲ resumed"
-                p.drawText(QPointF(x + 3, area.top() + p.fontMetrics().ascent()), glyph)
+                width = p.fontMetrics().horizontalAdvance(glyph)
+                # near the right edge ("now") the label goes to the left of its line, so it is never cut
+                left = x + 3 if x + 3 + width <= area.right() else x - 3 - width
+                p.drawText(QPointF(left, area.top() + p.fontMetrics().ascent()), glyph)
         p.setPen(QPen(text, 1))
         p.drawRect(area)
         p.drawText(QPointF(area.left() + 4, area.bottom() - 4), f"GPU {gpu}")
