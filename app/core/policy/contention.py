@@ -123,6 +123,7 @@ class ContentionPolicy:
         self._paused_gpus: set[int] = set()
         self._windows: dict[int, ResumeWindow] = {}
         self._pressure_samples: dict[int, int] = {}
+        self._overridden_games: set[tuple[object, ...]] = set()  # games the user resumed over
         self._hot: set[int] = set()
         self._warned: set[tuple[object, ...]] = set()
         self._out_for_sleep: set[int] = set()
@@ -170,6 +171,13 @@ class ContentionPolicy:
             return Decision((), EngineState.NO_GPU, (reason,), None, self._settings.idle_poll_interval_secs)
 
         games = self._games(inputs, now)
+        # "Resume now" while a game runs: the user keeps the models for that game (until it ends); foreign
+        # pressure still applies, so a game that really needs the memory still gets it.
+        present = {game.signal.key for game in games}
+        if any(c.kind == "resume" for c in inputs.commands):
+            self._overridden_games |= present
+        self._overridden_games &= present
+        games = [game for game in games if game.signal.key not in self._overridden_games]
         outcomes = [
             self._decide_gpu(index, snapshot.gpu(index), inputs, games, now, index in evict_now, resume_now)
             for index in indexes

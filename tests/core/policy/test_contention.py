@@ -35,6 +35,23 @@ def world_with_models(settings: Settings | None = None, **kw: object) -> PolicyW
 # --- games --------------------------------------------------------------------------------------------
 
 
+def test_resume_now_during_a_game_brings_the_models_back_for_that_game_only() -> None:
+    """The notification's "Resume now" while the game runs: the user keeps the models for this game;
+    a new game evicts again, and foreign pressure still applies."""
+    world = world_with_models()
+    world.clock.advance(0.1)
+    assert actions_of([world.tick(games=[CYBERPUNK])], Evict)
+    world.clock.advance(1.0)
+    back = world.tick(games=[CYBERPUNK], commands=[Command(kind="resume")])
+    assert actions_of([back], Reload) == [Reload(0, BOTH, "user")]
+    assert world.resident() == ["embedder", "llama-8b"]
+    during = world.run(30, step_s=0.5, games=[CYBERPUNK])
+    assert actions_of(during, Evict) == [], "the same game does not evict again"
+    other = game("Baldur's Gate 3", 701, source="steam", app_id="1086940")
+    world.clock.advance(0.1)
+    assert [e.reason for e in actions_of([world.tick(games=[CYBERPUNK, other])], Evict)] == ["game"]  # type: ignore[attr-defined]
+
+
 def test_game_signal_evicts_everything_at_once_and_resumes_only_after_the_cooldown() -> None:
     world = world_with_models()
     world.clock.advance(0.1)
