@@ -17,25 +17,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    path: Path
-    gpu: int = 0
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class _Settings:
-    models: tuple[_Model, ...]
 
 
 def main() -> int:
@@ -52,6 +38,7 @@ def main() -> int:
     from app.core.residency.host.process import ProcessHostLauncher
     from app.core.residency.ledger import Ledgers
     from app.core.residency.manager import ResidencyManager, measure_from_backend
+    from app.core.settings import ModelConfig, Settings
 
     nbytes = int(args.size_gib * GiB)
     workdir = Path(tempfile.mkdtemp(prefix="evict-bench-", dir=args.dir))
@@ -72,7 +59,7 @@ def main() -> int:
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
     managers: list[ResidencyManager] = []
     manager = ResidencyManager(
-        _Settings((_Model("bench", path),)),
+        Settings(models=(ModelConfig("bench", path, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
         measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),

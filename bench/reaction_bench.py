@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.config import ModelConfig, Settings
 from app.core.policy.signals import GameSignal
+from app.core.settings import ModelConfig, Settings
 
 GiB = 1 << 30
 

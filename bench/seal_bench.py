@@ -25,25 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    path: Path
-    gpu: int = 0
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class _Settings:
-    models: tuple[_Model, ...]
 
 
 def cpu_seconds() -> float:
@@ -75,12 +61,13 @@ def measure_ours(path: Path, options: dict[str, Any], runs: int) -> dict[str, An
     from app.core.residency.ledger import Ledgers
     from app.core.residency.manager import ResidencyManager, measure_from_backend
     from app.core.residency.seal import SealOptions
+    from app.core.settings import ModelConfig, Settings
 
     backend = NvmlBackend()
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
     managers: list[ResidencyManager] = []
     manager = ResidencyManager(
-        _Settings((_Model("bench", path),)),
+        Settings(models=(ModelConfig("bench", path, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
         measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.core.config import Settings
 from app.core.errors import VramError
+from app.core.settings import Settings
 
 
 def load_settings_or_exit(args: argparse.Namespace, *, check_files: bool = True) -> Settings:

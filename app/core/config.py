@@ -28,7 +28,7 @@ import tempfile
 import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,76 +37,26 @@ import tomlkit.items
 
 from app.core import paths
 from app.core.errors import MISSING, ConfigError
+from app.core.settings import AppRule, ModelConfig, ServerConfig, Settings
 from app.core.units import GiB, KiB, MiB, SizeParseError, TiB, parse_size
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "SCHEMA_VERSION",
+    "AppRule",
+    "ConfigErrors",
+    "ModelConfig",
+    "ServerConfig",
+    "Settings",
+    "ensure_default_config",
+    "load_settings",
+    "save_settings",
+    "update_settings",
+]
+
 SCHEMA_VERSION = 2
 OLDEST_SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    path: Path
-    gpu: int  # resolved: the model's own `gpu`, or the settings' gpu_device
-    priority: int = 0  # higher stays longer: under pressure the lowest priority goes first
-    variants: tuple[str, ...] = ()  # smaller fallbacks, by model name, best first ("70b" -> "13b")
-
-
-@dataclass(frozen=True)
-class AppRule:
-    match: str  # an executable name ("blender") or a Steam AppId as "steam:1091500"
-    action: str  # "evict" | "ignore"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    kind: str  # "ollama" | "llama_cpp" | "llama_swap"
-    url: str
-    keep_alive: str = "5m"
-
-
-@dataclass(frozen=True)
-class Settings:
-    gpu_device: int = 0
-    allow_shared_gpu: bool = True
-    reserved_system_vram: int = 2 * GiB
-    headroom_percent: float = 10.0
-    auto_evict: bool = True
-    auto_pause_for_gaming: bool = True
-    process_check_interval_secs: float = 1.0  # process-table scan for game signals
-    poll_interval_secs: float = 0.1  # NVML polling while we hold VRAM
-    idle_poll_interval_secs: float = 2.0  # NVML polling while we hold nothing
-    pressure_threshold: int = 1 * GiB  # foreign growth above baseline that counts as pressure ...
-    pressure_threshold_percent: float = 5.0  # ... or this percent of total, whichever is larger
-    pressure_samples: int = 3  # consecutive samples before pressure triggers
-    baseline_max_process_vram: int = 512 * MiB  # learned-baseline cap per process
-    resume_cooldown_secs: float = 30.0
-    max_cooldown_secs: float = 600.0
-    calm_reset_secs: float = 3600.0
-    thermal_pause_celsius: int | None = None  # None: off
-    hold_models_on_battery: bool = True
-    notifications: bool = True
-    notification_coalesce_secs: float = 10.0
-    api_host: str = "127.0.0.1"
-    api_port: int = 8765
-    allow_remote_api: bool = False
-    exclusive_apps: tuple[str, ...] = ()
-    app_rules: tuple[AppRule, ...] = ()
-    models: tuple[ModelConfig, ...] = ()
-    servers: tuple[ServerConfig, ...] = ()
-    source: Path | None = field(default=None, compare=False)  # the file these came from
-
-    def headroom_bytes(self, total_bytes: int) -> int:
-        """Headroom = max(reserved_system_vram, headroom_percent of total) (DESIGN.md)."""
-        return max(self.reserved_system_vram, int(total_bytes * self.headroom_percent / 100))
-
-    def pressure_threshold_bytes(self, total_bytes: int) -> int:
-        return max(self.pressure_threshold, int(total_bytes * self.pressure_threshold_percent / 100))
-
-    def model(self, name: str) -> ModelConfig | None:
-        return next((m for m in self.models if m.name == name), None)
 
 
 # --- the keys, declared as data ------------------------------------------------------------------

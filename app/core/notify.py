@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from app.core.aio_thread import AsyncioThread
-from app.core.config import AppRule, Settings
 from app.core.events import Event
 from app.core.notify_text import (
     ACTION_EVICT_NOW,
@@ -38,6 +37,7 @@ from app.core.notify_text import (
     notification_for,
 )
 from app.core.policy.contention import Command
+from app.core.settings import AppRule, Settings
 
 if TYPE_CHECKING:
     from app.core.wiring import Runtime

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.config import Settings
 from app.core.events import Event
+from app.core.settings import Settings
 
 
 class SimulatedClock:

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from app.core.config import Settings
 from app.core.events import Event
 from app.core.gpu.snapshot import GpuSnapshot, GpuState, TelemetrySnapshot
 from app.core.holders import ModelStatus
+from app.core.settings import Settings
 from app.core.units import GiB, format_bytes
 
 SCHEMA_VERSION = 1

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core import events as ev
-from app.core.config import Settings
 from app.core.errors import VramError
 from app.core.events import AuditLog, Event
 from app.core.gpu.backend import GpuBackend
@@ -40,6 +39,7 @@ from app.core.policy.contention import (
 )
 from app.core.policy.signals import GameSignal, GameSignalSource
 from app.core.residency.ledger import Ledgers
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

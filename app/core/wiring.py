@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from app.core import paths
 from app.core.aio_thread import AsyncioThread
-from app.core.config import Settings
 from app.core.events import AuditLog
 from app.core.gpu.backend import GpuBackend, open_backend
 from app.core.holders import ModelHolder
 from app.core.policy.signals import GameSignal, GameSignalSource
 from app.core.residency.ledger import Ledgers
+from app.core.settings import Settings
 from app.core.steward import Steward
 
 if TYPE_CHECKING:

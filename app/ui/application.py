@@ -24,7 +24,6 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 from app.core import config
 from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
-from app.core.config import Settings
 from app.core.errors import VramError
 from app.core.notify import (
     DesktopNotifierBackend,
@@ -35,6 +34,7 @@ from app.core.notify import (
     command_for_action,
 )
 from app.core.notify_text import ACTION_SHOW, IGNORE_APP_PREFIX
+from app.core.settings import Settings
 from app.ui import presenter
 from app.ui.balloon import TrayBalloonNotifier
 from app.ui.dashboard import Dashboard

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.core.config import Settings
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState
 from app.core.holders import ModelState, ModelStatus
+from app.core.settings import Settings
 from app.core.units import GiB, format_bytes
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, Slot
 
 from app.core import events as ev
-from app.core.config import Settings
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

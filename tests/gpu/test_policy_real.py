@@ -41,7 +41,7 @@ sys.stdin.readline()
 def test_foreign_process_growing_in_steps_gets_all_its_memory(tmp_path: Path) -> None:
     pynvml = pytest.importorskip("pynvml")
     os.environ["VRAM_STEWARD_STATE_DIR"] = str(tmp_path / "state")
-    from app.core.config import ModelConfig, Settings
+    from app.core.settings import ModelConfig, Settings
     from app.core.wiring import build_runtime
 
     model = tmp_path / "model.bin"

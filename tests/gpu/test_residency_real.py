@@ -28,25 +28,13 @@ from app.core.residency.host.process import ProcessHostLauncher
 from app.core.residency.ledger import Ledgers
 from app.core.residency.manager import ResidencyManager, measure_from_backend
 from app.core.residency.seal import SealOptions
+from app.core.settings import ModelConfig, Settings
 
 GiB = 1 << 30
 MiB = 1 << 20
 CHUNK = 1 * MiB  # the digest's chunk (the default)
 BLOCK = 64 * MiB  # how the test file is written
 FILE_BYTES = 4 * GiB
-
-
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    path: Path
-    gpu: int = 0
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class _Settings:
-    models: tuple[_Model, ...]
 
 
 def write_model_file(path: Path, nbytes: int) -> None:
@@ -98,7 +86,7 @@ def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> It
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
     managers: list[ResidencyManager] = []
     manager = ResidencyManager(
-        _Settings((_Model("big", model_file),)),
+        Settings(models=(ModelConfig("big", model_file, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
         measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from app.core.config import AppRule, Settings
 from app.core.gpu.snapshot import BackendState, GpuProcess, GpuSnapshot, GpuState, TelemetrySnapshot
 from app.core.policy.roles import Role
 from app.core.policy.signals import GameSignal
+from app.core.settings import AppRule, Settings
 from app.core.units import MiB, format_bytes
 
 logger = logging.getLogger(__name__)

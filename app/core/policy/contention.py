@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.core.config import Settings
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState, ProcessKind
 from app.core.holders import ModelState, ModelStatus
 from app.core.policy.actions import (
@@ -44,6 +43,7 @@ from app.core.policy.cooldown import ResumeWindow
 from app.core.policy.pressure import Pressure, choose_reloads, choose_victims, display_name, measure_pressure
 from app.core.policy.roles import Role
 from app.core.policy.signals import GameSignal
+from app.core.settings import Settings
 from app.core.units import format_bytes
 
 logger = logging.getLogger(__name__)

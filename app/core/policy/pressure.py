@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.core.config import Settings
 from app.core.gpu.snapshot import GpuSnapshot
 from app.core.holders import ModelStatus
 from app.core.policy.classify import Classification
+from app.core.settings import Settings
 from app.core.units import format_bytes
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from app.core import errors
 from app.core import events as ev
@@ -30,18 +30,13 @@ from app.core.residency.host.process import HostHandle, HostLauncher
 from app.core.residency.seal import SealOptions, open_model_file
 
 if TYPE_CHECKING:
-    from app.core.config import ModelConfig, Settings
     from app.core.gpu.backend import GpuBackend
     from app.core.residency.ledger import Ledger
+    from app.core.settings import ModelConfig, Settings
 
 logger = logging.getLogger(__name__)
 
 MeasureOurs = Callable[[int], int | None]  # gpu -> bytes NVML shows for our host pids there (None: unknown)
-
-
-class _Settings(Protocol):
-    @property
-    def models(self) -> Sequence[ModelConfig]: ...
 
 
 class _HostGone(Exception):
@@ -83,7 +78,7 @@ class ResidencyManager:
 
     def __init__(
         self,
-        settings: Settings | _Settings,
+        settings: Settings,
         ledgers: Mapping[int, Ledger],
         launcher: HostLauncher,
         *,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from app.core.config import ServerConfig, Settings
 from app.core.gpu.backend import GpuBackend
 from app.core.servers.holder import ServedModel, ServerHolder, ServerStatus
 from app.core.servers.llama_cpp import LlamaCppHolder
@@ -19,6 +18,7 @@ from app.core.servers.runners import (
     llama_swap_upstreams,
     ollama_runners,
 )
+from app.core.settings import ServerConfig, Settings
 
 ADAPTERS: dict[str, tuple[type[ServerHolder], FindRunners]] = {
     "ollama": (OllamaHolder, ollama_runners),

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.core import events as ev
-from app.core.config import ServerConfig
 from app.core.events import Event
 from app.core.gpu.backend import GpuBackend
 from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
@@ -37,6 +36,7 @@ from app.core.holders import ModelState, ModelStatus
 from app.core.servers.base import Backoff, JsonHttpClient, ServerBadAnswer, ServerError, ServerUnreachable
 from app.core.servers.runners import FindRunners, RunnerProcess
 from app.core.servers.verify_free import VERIFY_TIMEOUT_S, FreeResult, measure, wait_until_freed
+from app.core.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
 
