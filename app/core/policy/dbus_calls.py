@@ -5,6 +5,8 @@ through D-Bus activation."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,49 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
+from app.core.aio_thread import AsyncioThread
+
+logger = logging.getLogger(__name__)
+
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 DEFAULT_TIMEOUT_S = 2.0
+
+
+class BusWatcher:
+    """start() / close() of a watcher whose work runs on the AsyncioThread: `_start()` connects and
+    subscribes, `_close()` disconnects (on the loop), `_closed()` tidies up afterwards (any thread)."""
+
+    label = "D-Bus watcher"
+    aio: AsyncioThread
+    status: str
+    _started: concurrent.futures.Future[None] | None
+
+    def start(self) -> concurrent.futures.Future[None]:
+        """Begin watching (idempotent); the Future is done once the first look is complete."""
+        if self._started is None:
+            self._started = self.aio.submit(self._start())
+        return self._started
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        if self.status == "closed":
+            return
+        self.status = "closed"
+        if self.aio.running and self._started is not None:
+            try:
+                self.aio.run(self._close(), timeout_s)
+            except (TimeoutError, RuntimeError) as exc:
+                logger.warning("%s: closing the bus connection failed: %s", self.label, exc)
+        self._closed()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    def _closed(self) -> None:
+        pass
 
 
 class BusUnavailable(Exception):

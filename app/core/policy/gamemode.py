@@ -41,7 +41,7 @@ _GAMES_RULE = (
 )
 
 
-class GameModeWatcher:
+class GameModeWatcher(dbus_calls.BusWatcher):
     """GameSignalSource for GameMode. Watching starts in the constructor (unless autostart=False) and never
     blocks: `start()` returns a Future that completes when the first look (connect, subscribe, ListGames)
     is done, for tests and `status` to wait on. The AsyncioThread must be running.
@@ -49,6 +49,8 @@ class GameModeWatcher:
     `status` is "starting", "no_bus", "no_daemon", "watching" or "closed". `on_change`, when given, is called
     on the asyncio thread after the set of games changed (e.g. to wake the engine before its next tick).
     """
+
+    label = "GameMode watcher"
 
     def __init__(
         self,
@@ -85,21 +87,7 @@ class GameModeWatcher:
         with self._lock:
             return self._snapshot
 
-    def start(self) -> concurrent.futures.Future[None]:
-        """Begin watching (idempotent); the Future is done once the first look is complete."""
-        if self._started is None:
-            self._started = self.aio.submit(self._start())
-        return self._started
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        if self.status == "closed":
-            return
-        self.status = "closed"
-        if self.aio.running and self._started is not None:
-            try:
-                self.aio.run(self._close(), timeout_s)
-            except (TimeoutError, RuntimeError) as exc:
-                logger.warning("GameMode watcher: closing the bus connection failed: %s", exc)
+    def _closed(self) -> None:
         with self._lock:
             self._snapshot = ()
 

@@ -33,12 +33,14 @@ _SLEEP_RULE = (
 )
 
 
-class SleepWatcher:
+class SleepWatcher(dbus_calls.BusWatcher):
     """Calls `before_sleep()` when the system is about to sleep and `after_resume()` when it woke up.
 
     `status`: "starting", "no_bus", "watching" or "closed". `holds_delay_lock` says whether logind will
     wait for us (False when logind refused the lock or is absent).
     """
+
+    label = "sleep watcher"
 
     def __init__(
         self,
@@ -69,21 +71,7 @@ class SleepWatcher:
     def holds_delay_lock(self) -> bool:
         return self._lock_fd is not None
 
-    def start(self) -> concurrent.futures.Future[None]:
-        """Begin watching (idempotent); the Future is done once subscribed and the lock is taken."""
-        if self._started is None:
-            self._started = self.aio.submit(self._start())
-        return self._started
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        if self.status == "closed":
-            return
-        self.status = "closed"
-        if self.aio.running and self._started is not None:
-            try:
-                self.aio.run(self._close(), timeout_s)
-            except (TimeoutError, RuntimeError) as exc:
-                logger.warning("sleep watcher: closing failed: %s", exc)
+    def _closed(self) -> None:
         self._release_lock()
 
     async def _start(self) -> None:
