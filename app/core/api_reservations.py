@@ -310,14 +310,19 @@ class ReservationBook:
             )
             return record
 
+    def _current_locked(self, reservation_id: str, now: float) -> ApiReservation:
+        """The record as of `now` (expiries and timeouts applied), or UnknownReservation."""
+        self._refresh_locked(now)
+        record = self._records.get(reservation_id)
+        if record is None:
+            raise UnknownReservation(reservation_id)
+        return record
+
     def release(self, reservation_id: str) -> ApiReservation:
         """Release a granted reservation or cancel a waiting one. Releasing an ended one changes nothing."""
         with self._lock:
             now = self._clock()
-            self._refresh_locked(now)
-            record = self._records.get(reservation_id)
-            if record is None:
-                raise UnknownReservation(reservation_id)
+            record = self._current_locked(reservation_id, now)
             if record.state == ReservationState.WAITING:
                 self._queues[record.gpu].remove(record.id)
                 record = replace(record, state=ReservationState.CANCELLED, ended_at=now)
@@ -333,10 +338,7 @@ class ReservationBook:
         """The client allocated the bytes: the ledger counts them until a later sample shows them."""
         with self._lock:
             now = self._clock()
-            self._refresh_locked(now)
-            record = self._records.get(reservation_id)
-            if record is None:
-                raise UnknownReservation(reservation_id)
+            record = self._current_locked(reservation_id, now)
             if record.state != ReservationState.GRANTED:
                 raise InvalidInput(
                     f"reservation {reservation_id} is {record.state}; only a granted one can be marked "
@@ -372,10 +374,7 @@ class ReservationBook:
         """The reservation and its queue position (1 = next; None when not waiting)."""
         with self._lock:
             now = self._clock()
-            self._refresh_locked(now)
-            record = self._records.get(reservation_id)
-            if record is None:
-                raise UnknownReservation(reservation_id)
+            record = self._current_locked(reservation_id, now)
             return record, self._position_locked(record)
 
     def to_json(self, record: ApiReservation, position: int | None = None) -> dict[str, Any]:
