@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -19,13 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from app.core import events as ev
-from app.core.errors import VramError
+from app.core.errors import InvalidInput, VramError
 from app.core.events import AuditLog, Event
 from app.core.gpu.backend import GpuBackend
 from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
 from app.core.holders import ModelHolder, ModelState, ModelStatus
-from app.core.policy.classify import Classification, ProcessClassifier
+from app.core.policy.classify import ProcessClassifier
 from app.core.policy.contention import (
     Command,
     ContentionPolicy,
@@ -132,6 +135,10 @@ class Steward:
         self._closed = False
         self._snapshot: StewardSnapshot | None = None
         self._last_decision: Decision | None = None
+        self._quiet_key: tuple[Any, ...] | None = None  # the world as of the last quiet decision
+        self._games_seen: dict[tuple[str, int | None], GameSignal] = {}
+        self._backend_state: BackendState | None = None
+        self._lost: set[int] = set()
         if autoload:  # keep the user's models resident: load every configured model at start
             for model in self._models():
                 self.submit(Command(kind="load", model=model.name))
@@ -158,8 +165,6 @@ class Steward:
         if now - self._battery_read_at >= 30.0 or self._battery is None:
             self._battery_read_at = now
             try:
-                import psutil
-
                 battery = psutil.sensors_battery()
             except Exception:  # no battery support on this platform
                 battery = None
@@ -263,7 +268,6 @@ class Steward:
         return snapshot
 
     _QUIET_STATES = frozenset({EngineState.ACTIVE, EngineState.IDLE, EngineState.NO_GPU})
-    _quiet_key: tuple[Any, ...] | None = None
 
     def _world_key(
         self, telemetry: TelemetrySnapshot, games: Sequence[GameSignal], models: Sequence[ModelStatus]
@@ -402,14 +406,10 @@ class Steward:
         names a pid (a /proc listing costs about a millisecond)."""
         if not any(r.pid is not None for ledger in self.ledgers.values() for r in ledger.reservations()):
             return None
-        import psutil
-
         return set(psutil.pids())
 
     @staticmethod
     def _own_pids() -> set[int]:
-        import os
-
         return {os.getpid()}
 
     @staticmethod
@@ -527,8 +527,6 @@ class Steward:
             request.future.set_result(result)
 
     def _fail(self, request: _Request, message: str) -> None:
-        from app.core.errors import InvalidInput
-
         if request.future is not None and not request.future.done():
             request.future.set_exception(InvalidInput(message))
 
@@ -582,12 +580,8 @@ class Steward:
         if started:
             self._emit(ev.Resumed(at=self.clock(), gpu=action.gpu, models=tuple(started), after_s=0.0))
 
-    _games_seen: dict[tuple[str, int | None], GameSignal]
-    _backend_state: BackendState | None = None
-    _lost: set[int]
-
     def _note_games(self, games: Sequence[GameSignal]) -> None:
-        seen = getattr(self, "_games_seen", {})
+        seen = self._games_seen
         now = {(g.source, g.pid): g for g in games}
         for key, game in now.items():
             if key not in seen:
@@ -615,7 +609,7 @@ class Steward:
                 )
             self._backend_state = telemetry.state
         lost = {g.index for g in telemetry.gpus if g.state == GpuState.LOST}
-        for index in lost - getattr(self, "_lost", set()):
+        for index in lost - self._lost:
             gpu = telemetry.gpu(index)
             message = (gpu.message if gpu else None) or "GPU fell off the bus"
             self._emit(ev.GpuLost(at=self.clock(), gpu=index, message=message))
@@ -623,8 +617,6 @@ class Steward:
 
     def _emit(self, event: Event) -> None:
         if event.wall_time is None:
-            import dataclasses
-
             event = dataclasses.replace(event, wall_time=self.wall_clock())
         self._recent.append(event)
         if self.audit is not None:
@@ -640,6 +632,3 @@ class Steward:
         except Exception:
             logger.exception("listener %r failed", fn)
 
-
-def describe_classification(classification: Classification) -> str:
-    return ", ".join(f"gpu{g}/pid{p}={r}" for (g, p), r in sorted(classification.roles.items()))
