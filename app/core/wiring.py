@@ -15,6 +15,7 @@ from app.core import paths
 from app.core.aio_thread import AsyncioThread
 from app.core.events import AuditLog
 from app.core.gpu.backend import GpuBackend, open_backend
+from app.core.gpu.simulated import SimulatedBackend
 from app.core.holders import ModelHolder
 from app.core.policy.signals import GameSignal, GameSignalSource
 from app.core.residency.ledger import Ledgers
@@ -30,27 +31,14 @@ logger = logging.getLogger(__name__)
 class ScenarioSignals:
     """Game signals scripted by a simulation scenario, shaped like the real watchers' output."""
 
-    def __init__(self, backend: object, clock: Callable[[], float]) -> None:
+    def __init__(self, backend: SimulatedBackend) -> None:
         self._backend = backend
-        self._clock = clock
 
     def active(self) -> tuple[GameSignal, ...]:
-        signals = getattr(self._backend, "active_game_signals", None)
-        if signals is None:
-            return ()
-        out = []
-        for s in signals():
-            out.append(
-                GameSignal(
-                    name=s.name,
-                    source=s.source,
-                    pid=s.pid,
-                    app_id=s.app_id,
-                    exe=None,
-                    started_at=getattr(s, "started_at", 0.0),
-                )
-            )
-        return tuple(out)
+        return tuple(
+            GameSignal(name=s.name, source=s.source, pid=s.pid, app_id=s.app_id, started_at=s.started_at)
+            for s in self._backend.active_game_signals()
+        )
 
     def close(self) -> None:
         pass
@@ -108,8 +96,8 @@ def make_signals(
 ) -> GameSignalSource:
     """The game signals that can run here: scenario signals in simulation; GameMode, Steam and the
     exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
-    if backend.name == "simulated":
-        return ScenarioSignals(backend, clock)
+    if isinstance(backend, SimulatedBackend):
+        return ScenarioSignals(backend)
     from app.core.policy.exclusive_apps import ExclusiveApps
     from app.core.policy.process_scan import ProcessScanner
     from app.core.policy.signals import CompositeSignals
@@ -167,13 +155,12 @@ def build_runtime(
     ledgers = Ledgers(headroom_bytes=settings.headroom_bytes, clock=clock)
     backend: GpuBackend
     if simulate is not None:
-        from app.core.gpu.simulated import SimulatedBackend
         from app.core.residency.simulated_holder import SimulatedHolder, SimulatedModel
 
         sim = SimulatedBackend.from_file(simulate)
-        sim.set_clock(clock)  # type: ignore[attr-defined]
+        sim.set_clock(clock)
         backend = sim
-        models = [SimulatedModel(m.name, m.gpu, m.size_bytes, m.priority) for m in sim.scenario.models]  # type: ignore[attr-defined]
+        models = [SimulatedModel(m.name, m.gpu, m.size_bytes, m.priority) for m in sim.scenario.models]
         for m in settings.models:
             size = m.path.stat().st_size if m.path.exists() else 0
             if size and all(x.name != m.name for x in models):
@@ -186,13 +173,13 @@ def build_runtime(
 
             holders.append(
                 ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock)
-            )  # type: ignore[attr-defined]
+            )
     if simulate is None and settings.servers:  # real servers only: a simulation must not touch them
         from app.core.servers import make_server_holders
 
         holders.extend(make_server_holders(settings, backend=backend, clock=clock))
     aio: AsyncioThread | None = None
-    if with_api:
+    if with_api or simulate is None:  # D-Bus (GameMode, logind) and the API run on the asyncio thread
         aio = AsyncioThread()
         aio.start()
     engines: list[Steward] = []  # the signal watchers wake the engine, which is built right after them

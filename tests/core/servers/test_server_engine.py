@@ -69,7 +69,7 @@ class Engine:
             Settings(),
             world.backend,
             [self.holder],
-            signals=ScenarioSignals(world.sim, world.clock),
+            signals=ScenarioSignals(world.sim),
             clock=world.clock,
             wall_clock=world.wall_clock,
         )
