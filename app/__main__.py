@@ -44,12 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(verbose=args.verbose)
     func = getattr(args, "func", None)
-    if func is None:
-        if "gui" in cli.command_modules():
-            gui = cli.load("gui")
-            return int(gui.run(args))  # type: ignore[attr-defined]
-        parser.print_help()
-        return 0
+    if func is None:  # plain `vram-steward`: the tray app (or the daemon where there is no display)
+        from app.cli import gui
+
+        return gui.run(args)
     try:
         return int(func(args))
     except KeyboardInterrupt:

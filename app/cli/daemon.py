@@ -70,7 +70,7 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
     if runtime.api is not None:
         print(
             f"API on http://{settings.api_host}:{runtime.api.bound_port} (token in the state dir)", flush=True
-        )  # type: ignore[attr-defined]
+        )
 
     done = threading.Event()
 
