@@ -463,8 +463,16 @@ class NvmlBackend:
         )
 
     def _query_device(self, device: _Device) -> GpuSnapshot:
-        if device.last is not None and device.handle is not None and self.is_runtime_suspended(device.index):
-            return self._suspended(device, device.last)
+        # A GPU with processes on it is awake: only an idle one can be runtime-suspended (sysfs read skipped
+        # at 10 Hz while we hold VRAM).
+        last = device.last
+        if (
+            last is not None
+            and not last.processes
+            and device.handle is not None
+            and self.is_runtime_suspended(device.index)
+        ):
+            return self._suspended(device, last)
         if device.handle is None:
             device.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
             device.name = _text(pynvml.nvmlDeviceGetName(device.handle))

@@ -543,3 +543,20 @@ def test_a_runtime_suspended_gpu_is_not_queried(fake_nvml: FakeNvml, tmp_path: P
     backend.close()
     assert fake_nvml.calls("nvmlDeviceGetMemoryInfo_v2") >= 1
     assert awake.message is None
+
+
+def test_a_gpu_with_processes_is_queried_without_reading_its_power_state(
+    fake_nvml: FakeNvml, tmp_path: Path
+) -> None:
+    """Something runs on it, so it is awake: at 10 Hz the sysfs power state is not read at all."""
+    fake_nvml.write(H200.replace("\n", " bus=00000000:0A:00.0\n") + proc_line(4242, 2 * GiB, name="trainer"))
+    backend = NvmlBackend(sysfs_root=tmp_path)
+    backend.sample()
+    power = tmp_path / "bus" / "pci" / "devices" / "0000:0a:00.0" / "power"
+    power.mkdir(parents=True)
+    (power / "runtime_status").write_text("suspended\n")  # stale or wrong: must not matter
+    fake_nvml.reset_calls()
+    busy = backend.sample().gpus[0]
+    backend.close()
+    assert fake_nvml.calls("nvmlDeviceGetMemoryInfo_v2") == 1
+    assert [p.pid for p in busy.processes] == [4242]
