@@ -631,4 +631,3 @@ class Steward:
             fn(arg)
         except Exception:
             logger.exception("listener %r failed", fn)
-
