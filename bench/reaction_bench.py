@@ -45,9 +45,10 @@ def foreign_child(conn: Any) -> None:
         msg = conn.recv()
         if msg[0] == "alloc":
             try:
+                began = time.time()
                 held = cupy.cuda.Memory(msg[1])
                 cupy.cuda.runtime.deviceSynchronize()
-                conn.send(("allocated", time.time()))
+                conn.send(("allocated", (began, time.time())))
             except Exception as exc:
                 conn.send(("failed", repr(exc)))
         elif msg[0] == "free":
@@ -116,6 +117,7 @@ def main() -> int:
     )
     runtime = build_runtime(settings, with_api=False, audit=False)
     manual = ManualSignals()
+    watchers = runtime.steward.signals  # the real ones: process-table scan (Steam, exclusive apps), GameMode
     runtime.steward.signals = manual
     runtime.start_worker()
     steward = runtime.steward
@@ -151,11 +153,46 @@ def main() -> int:
         used = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         return 100.0 * used / (time.monotonic() - t0)
 
+    def host_cpu_percent(seconds: float) -> float:
+        import psutil
+
+        hosts = [psutil.Process(pid) for pid in host_pids()]
+        t0 = [h.cpu_times() for h in hosts]
+        start = time.monotonic()
+        time.sleep(seconds)
+        t1 = [h.cpu_times() for h in hosts]
+        used = sum((b.user - a.user) + (b.system - a.system) for a, b in zip(t0, t1, strict=True))
+        return 100.0 * used / (time.monotonic() - start)
+
+    def rates(seconds: float) -> tuple[float, float]:
+        """(full ticks, still steps) per second."""
+        t0, p0 = steward.snapshot.tick if steward.snapshot else 0, steward.probes
+        time.sleep(seconds)
+        t1, p1 = steward.snapshot.tick if steward.snapshot else 0, steward.probes
+        return (t1 - t0) / seconds, (p1 - p0) / seconds
+
+    time.sleep(2.0)  # settle: the first ticks after the load are not quiet yet
+    results.update(nvml_costs())
     results["idle_cpu_percent_holding_model"] = cpu_percent(args.idle_s)
-    ticks0 = steward.snapshot.tick if steward.snapshot else 0
-    time.sleep(2.0)
-    ticks1 = steward.snapshot.tick if steward.snapshot else 0
-    results["ticks_per_s_holding_model"] = (ticks1 - ticks0) / 2.0
+    results["full_ticks_per_s_holding_model"], results["still_steps_per_s_holding_model"] = rates(3.0)
+    results["host_idle_cpu_percent_holding_model"] = host_cpu_percent(min(args.idle_s, 10.0))
+    # reference in the same run: a full tick every interval (the engine before the probe)
+    steward.step = steward.tick  # type: ignore[method-assign]
+    steward.wake()
+    time.sleep(1.0)
+    results["idle_cpu_percent_holding_model_full_ticks"] = cpu_percent(args.idle_s)
+    del steward.step
+    if watchers is not None:  # with the real watchers: a /proc walk about once a second
+        steward.signals = watchers
+        steward.wake()
+        time.sleep(2.0)
+        results["idle_cpu_percent_holding_model_with_watchers"] = cpu_percent(args.idle_s)
+        steward.signals = manual
+        steward.wake()
+        time.sleep(1.0)
+    results["idle_ratio_full_ticks_over_still_steps"] = results[
+        "idle_cpu_percent_holding_model_full_ticks"
+    ] / max(results["idle_cpu_percent_holding_model"], 1e-9)
 
     # --- reaction to a foreign allocation ----------------------------------------------------------
     ctx = mp.get_context("spawn")
@@ -164,21 +201,26 @@ def main() -> int:
     proc.start()
     assert parent.recv()[0] == "ready"
     alloc_ms: list[float] = []
+    alloc_call_ms: list[float] = []
     alloc_model_ms: list[float] = []
     failures: list[str] = []
     for trial in range(args.trials):
         assert wait_until(ready, 120, 0.01), f"trial {trial}: model not resident again"
-        time.sleep(0.3)
+        time.sleep(0.3 + (trial % 10) * 0.01)  # spread the phase against the poll interval
         pids = host_pids()
         free = nvml.nvmlDeviceGetMemoryInfo(handle).free
         headroom = settings.headroom_bytes(nvml.nvmlDeviceGetMemoryInfo(handle).total)
         want = free - headroom + GiB // 2  # pushes free VRAM below the headroom: a real need
         parent.send(("alloc", want))
-        kind, stamp = parent.recv()
+        kind, stamps = parent.recv()
         if kind != "allocated":
-            failures.append(str(stamp))
+            failures.append(str(stamps))
             continue
-        low = device_free()
+        began, stamp = stamps
+        alloc_call_ms.append((stamp - began) * 1000)
+        # free VRAM as it would be with our model still resident (computed, not read: NVML shows the
+        # allocation while cudaMalloc is still mapping it, so we may have evicted before it returned)
+        low = free - want - (256 << 20)
         ok_model = wait_until(lambda low=low: device_free() >= low + model_bytes, 10)
         model_back = time.time()
         ok = wait_until(lambda p=pids: our_bytes(nvml, handle, p) == 0, 10)
@@ -194,6 +236,7 @@ def main() -> int:
     results["from_allocation_ms"] = alloc_ms
     results["from_allocation_model_bytes_back_ms"] = alloc_model_ms
     results["from_allocation_failures"] = failures
+    results["foreign_cudamalloc_call_ms"] = alloc_call_ms
 
     # --- reaction to a game signal -----------------------------------------------------------------
     signal_ms: list[float] = []
@@ -231,6 +274,7 @@ def main() -> int:
         "from_allocation_model_bytes_back_ms",
         "from_game_signal_ms",
         "from_game_signal_model_bytes_back_ms",
+        "foreign_cudamalloc_call_ms",
     ):
         values = results[key]
         if values:
@@ -243,6 +287,22 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
     return 0
+
+
+def nvml_costs(n: int = 2000) -> dict[str, float]:
+    """What one still step and one full sample ask of NVML, hot, on a backend of their own (µs per call)."""
+    from app.core.gpu.nvml import NvmlBackend
+
+    backend = NvmlBackend()
+    backend.sample()
+    out: dict[str, float] = {}
+    for name, call in (("nvml_probe_us", backend.probe), ("nvml_sample_us", backend.sample)):
+        start = time.perf_counter()
+        for _ in range(n):
+            call()
+        out[name] = (time.perf_counter() - start) / n * 1e6
+    backend.close()
+    return out
 
 
 def replace_command(kind: str) -> Any:

@@ -47,6 +47,7 @@ from app.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 RECENT_EVENTS = 100
+REFRESH_S = 1.0  # while nothing moves, step() still runs a full tick at least this often
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ class _Request:
 
 
 class Steward:
-    """The engine. Call `tick()` from one thread only; everything else goes through `submit()`."""
+    """The engine. Call `step()` (or `tick()`) from one thread only; everything else goes through
+    `submit()`."""
 
     def __init__(
         self,
@@ -136,6 +138,10 @@ class Steward:
         self._snapshot: StewardSnapshot | None = None
         self._last_decision: Decision | None = None
         self._quiet_key: tuple[Any, ...] | None = None  # the world as of the last quiet decision
+        self._still_key: tuple[Any, ...] | None = None  # the cheap probe's view as of that decision
+        self._full_at = float("-inf")  # when the last full sample was taken
+        self._held_events: list[Event] = []  # polled by a step() that then ran the full tick
+        self.probes = 0  # steps answered by the cheap probe alone (benchmarks and tests read it)
         self._games_seen: dict[tuple[str, int | None], GameSignal] = {}
         self._backend_state: BackendState | None = None
         self._lost: set[int] = set()
@@ -193,17 +199,55 @@ class Steward:
         self.settings = settings
         self.policy.update_settings(settings)
 
+    def step(self) -> StewardSnapshot:
+        """What the worker runs every interval: the last snapshot again when the world sits still, else a
+        full `tick()`.
+
+        "Still" means: the last tick was quiet (no action, a steady state, nothing being counted), no
+        command waits, the holders have nothing to say, the game signals are the same, and the backend's
+        cheap probe (NVML: each GPU's used memory, one ~5 µs call) reads what it read before that tick.
+        Any foreign allocation moves used memory, so it still reaches a full tick within one interval;
+        what the probe cannot see (temperature, utilization, reservations expiring) waits at most
+        REFRESH_S. This is most steps while models sit resident at 10 Hz, and what keeps the idle cost
+        low (docs/BENCHMARKS.md)."""
+        prev = self._snapshot
+        if prev is not None and self._still():
+            self.probes += 1
+            return prev
+        return self.tick()
+
+    def _still(self) -> bool:
+        if self._still_key is None or not self._requests.empty() or self.clock() - self._full_at >= REFRESH_S:
+            return False
+        for holder in self.holders:
+            self._held_events.extend(holder.poll())
+        return not self._held_events and self._probe_key() == self._still_key
+
+    def _probe_key(self) -> tuple[Any, ...] | None:
+        """What step() compares between ticks; None when the backend cannot tell cheaply."""
+        probe = self.backend.probe()
+        if probe is None:
+            return None
+        games = tuple(self.signals.active()) if self.signals else ()
+        return (probe, games, id(self.settings), self._sleeping, self._on_battery())
+
     def tick(self) -> StewardSnapshot:
         """One sample → classify → decide → act → publish cycle."""
         self._tick += 1
         now = self.clock()
+        probe_key = self._probe_key()  # before the sample: a change after it shows in the next probe
         telemetry = self.backend.sample()
+        self._full_at = now
+        self._still_key = None
         self._note_backend(telemetry)
 
         holder_pids = self._holder_pids()
         self.ledgers.observe_snapshot(telemetry, self._live_pids())
 
-        polled_events = 0
+        held, self._held_events = self._held_events, []
+        polled_events = len(held)
+        for event in held:
+            self._emit(event)
         for holder in self.holders:
             for event in holder.poll():
                 polled_events += 1
@@ -213,6 +257,7 @@ class Steward:
         models = self._models()
         fast = self._unchanged(telemetry, games, models, polled_events)
         if fast is not None:
+            self._still_key = probe_key
             return self._publish(fast)
         managed_pids = self._managed_pids()  # model servers' runners: ours to free, never foreign
         classification = self.classifier.classify(
@@ -254,6 +299,8 @@ class Steward:
             tick=self._tick,
         )
         self._quiet_key = self._world_key(telemetry, games, snapshot.models) if not decision.actions else None
+        if self._quiet_key is not None and not polled_events and self._settled(decision):
+            self._still_key = probe_key
         self._publish(snapshot)  # before answering: a caller that reads `snapshot` next must see this one
         for request in requests:
             if request.future is not None and not request.future.done():
@@ -307,12 +354,14 @@ class Steward:
             or self._quiet_key is None
             or polled_events
             or not self._requests.empty()
-            or decision.state not in self._QUIET_STATES
-            or not self.policy.settled()
+            or not self._settled(decision)
             or self._world_key(telemetry, games, models) != self._quiet_key
         ):
             return None
         return dataclasses.replace(prev, telemetry=telemetry, tick=self._tick)
+
+    def _settled(self, decision: Decision) -> bool:
+        return decision.state in self._QUIET_STATES and self.policy.settled()
 
     def run(self, stop: threading.Event, *, sleep: Callable[[float], Any] | None = None) -> None:
         """Tick until `stop` is set, at the pace the policy asks for; then shut down in order."""
@@ -321,7 +370,7 @@ class Steward:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    snapshot = self.tick()
+                    snapshot = self.step()
                     interval = snapshot.next_poll_s
                 except Exception as exc:  # the worker never dies of one bad tick
                     logger.exception("tick failed")

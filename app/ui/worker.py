@@ -31,7 +31,7 @@ ERROR_INTERVAL_S = 1.0  # after a failed tick
 class Engine(Protocol):
     """What the worker needs from `app.core.steward.Steward`."""
 
-    def tick(self) -> Any: ...
+    def step(self) -> Any: ...
 
     def submit(self, command: Any) -> concurrent.futures.Future[Any]: ...
 
@@ -64,6 +64,7 @@ class _TickLoop(QObject):
         self.timer: QTimer | None = None
         self.stopping = False
         self.ticks = 0
+        self.last: Any = None
         steward.subscribe(self.publish)  # the engine calls this on its own (this) thread
 
     def publish(self, event: ev.Event) -> None:
@@ -82,10 +83,12 @@ class _TickLoop(QObject):
             return
         interval = ERROR_INTERVAL_S
         try:
-            snapshot = self.steward.tick()
+            snapshot = self.steward.step()
             self.ticks += 1
             interval = float(getattr(snapshot, "next_poll_s", 1.0))
-            self.snapshot.emit(snapshot)
+            if snapshot is not self.last:  # a still step hands back the same snapshot: nothing to redraw
+                self.last = snapshot
+                self.snapshot.emit(snapshot)
         except Exception as exc:
             logger.exception("engine tick failed")
             message = f"{type(exc).__name__}: {exc}"

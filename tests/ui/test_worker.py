@@ -146,11 +146,11 @@ class FailsOnce(SteppedSteward):
 
     failures = 1
 
-    def tick(self) -> Any:
+    def step(self) -> Any:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("holder exploded")
-        return super().tick()
+        return super().step()
 
 
 def test_a_failing_tick_becomes_an_event_and_the_worker_goes_on(

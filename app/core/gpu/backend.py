@@ -19,6 +19,12 @@ class GpuBackend(Protocol):
 
     def sample(self) -> TelemetrySnapshot: ...
 
+    def probe(self) -> tuple[object, ...] | None:
+        """A cheap fingerprint of what the next sample would show, for the engine's idle path: while it
+        reads the same, nothing a decision depends on has moved (a foreign allocation always moves it).
+        None: this backend cannot tell cheaply, so the engine samples in full every time."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -22,5 +22,8 @@ class NullBackend:
             backend=self.name, state=BackendState.NO_DRIVER, taken_at=self._clock(), message=self._message
         )
 
+    def probe(self) -> tuple[object, ...] | None:
+        return ()  # nothing ever moves on a machine with no GPU
+
     def close(self) -> None:
         pass

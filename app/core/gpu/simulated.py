@@ -183,6 +183,11 @@ class SimulatedBackend:
             game_signals=tuple(world.signals),
         )
 
+    def probe(self) -> tuple[object, ...] | None:
+        """None: every simulated sample is taken in full, so scenarios (and replays) see each sample's
+        allocation failures and sensor values exactly when the timeline says."""
+        return None
+
     def close(self) -> None:
         with self._lock:
             self._ours.clear()

@@ -87,3 +87,30 @@ def test_incremental_walks_read_almost_nothing() -> None:
     print(f"process walk: full {full_s * 1e3:.2f} ms, incremental {incremental_s * 1e3:.2f} ms")
     assert after_full >= len(table)
     assert reader.reads - after_full < 20, "20 incremental walks re-read (nearly) no process"
+
+
+def test_the_check_walk_reads_only_what_changed_and_catches_a_late_exec(tmp_path: Path) -> None:
+    """Every `full_every` walks each known process's stat is checked; only one that exec'd (or whose pid was
+    reused) is read in full again. A launcher that execs the game long after it started is seen then."""
+    reader = IncrementalProcReader(full_every=4)
+    names = frozenset({"reaper"})
+    fake = tmp_path / "witcher3"
+    shutil.copy("/bin/sleep", fake)
+    child = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.6; exec {fake} 30"])
+    try:
+        time.sleep(0.1)
+        reader(names)  # walk 0 (check walk, nothing known yet: everything read)
+        reader(names)  # walk 1: incremental
+        time.sleep(0.1)
+        assert {p.pid: p.name for p in reader(names)}.get(child.pid) == "sh"  # walk 2
+        time.sleep(0.8)  # the launcher has exec'd the game by now
+        assert {p.pid: p.name for p in reader(names)}.get(child.pid) == "sh", "incremental: not re-read"
+        reads, checks = reader.reads, reader.checks
+        table = {p.pid: p for p in reader(names)}  # walk 4: the check walk
+        assert table[child.pid].name == "witcher3"
+        assert table[child.pid].exe is not None and table[child.pid].exe.endswith("witcher3")
+        assert reader.checks - checks >= 0.8 * len(table)
+        assert reader.reads - reads < max(10, 0.2 * len(table)), "only changed processes are read again"
+    finally:
+        child.kill()
+        child.wait()
