@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.policy.signals import GameSignal
+from app.core.policy.signals import GameSignal, ScriptedSignals
 from app.core.settings import ModelConfig, Settings
 
 GiB = 1 << 30
@@ -57,17 +57,6 @@ def foreign_child(conn: Any) -> None:
         elif msg[0] == "exit":
             del held
             return
-
-
-class ManualSignals:
-    def __init__(self) -> None:
-        self.games: tuple[GameSignal, ...] = ()
-
-    def active(self) -> tuple[GameSignal, ...]:
-        return self.games
-
-    def close(self) -> None:
-        pass
 
 
 def our_bytes(nvml: Any, handle: Any, pids: set[int]) -> int:
@@ -116,7 +105,7 @@ def main() -> int:
         max_cooldown_secs=1.0,
     )
     runtime = build_runtime(settings, with_api=False, audit=False)
-    manual = ManualSignals()
+    manual = ScriptedSignals()
     watchers = runtime.steward.signals  # the real ones: process-table scan (Steam, exclusive apps), GameMode
     runtime.steward.signals = manual
     runtime.start_worker()

@@ -88,6 +88,20 @@ def merge(signals: Iterable[GameSignal]) -> tuple[GameSignal, ...]:
     return tuple(merged.values())
 
 
+class ScriptedSignals:
+    """A source whose games a script sets (`source.games = (GameSignal(...),)`): benchmarks and tests that
+    raise a game signal at a moment of their choosing, as a watcher would."""
+
+    def __init__(self) -> None:
+        self.games: tuple[GameSignal, ...] = ()
+
+    def active(self) -> tuple[GameSignal, ...]:
+        return self.games
+
+    def close(self) -> None:
+        self.games = ()
+
+
 class CompositeSignals:
     """Several sources seen as one: merged and de-duplicated. A source that fails is logged (once until it
     recovers) and counted as reporting nothing, so one broken watcher never hides the others."""

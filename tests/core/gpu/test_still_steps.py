@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.core.gpu.nvml import NvmlBackend
 from app.core.policy.contention import Command
-from app.core.policy.signals import GameSignal
+from app.core.policy.signals import GameSignal, ScriptedSignals
 from app.core.settings import Settings
 from app.core.steward import REFRESH_S, Steward
 from app.core.units import GiB, MiB
@@ -32,18 +32,7 @@ def world(used: int, *procs: tuple[int, int, str], bus: str = "") -> str:
 DESKTOP = ((1201, 200 * MiB, "Xorg"), (1650, 120 * MiB, "gnome-shell"))
 
 
-class Signals:
-    def __init__(self) -> None:
-        self.games: tuple[GameSignal, ...] = ()
-
-    def active(self) -> tuple[GameSignal, ...]:
-        return self.games
-
-    def close(self) -> None:
-        pass
-
-
-def engine(clock, signals: Signals | None = None, sysfs: Path | None = None) -> Steward:  # type: ignore[no-untyped-def]
+def engine(clock, signals: ScriptedSignals | None = None, sysfs: Path | None = None) -> Steward:  # type: ignore[no-untyped-def]
     backend = NvmlBackend(clock=clock, **({"sysfs_root": sysfs} if sysfs else {}))
     return Steward(Settings(), backend, [], signals=signals, clock=clock, autoload=False)
 
@@ -84,7 +73,7 @@ def test_probe_never_wakes_a_runtime_suspended_gpu(fake_nvml: FakeNvml, clock, t
 
 def test_still_steps_skip_the_full_tick_until_something_moves(fake_nvml: FakeNvml, clock) -> None:
     fake_nvml.write(world(320 * MiB, *DESKTOP))
-    signals = Signals()
+    signals = ScriptedSignals()
     steward = engine(clock, signals)
     assert steward.step().tick == 1  # no snapshot yet: a full tick (NVML starts in it, so no probe before)
     clock.advance(0.1)
