@@ -79,7 +79,10 @@ class Real:
 
 @pytest.fixture
 def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> Iterator[Real]:
-    device_digest = bool(getattr(request, "param", True))  # parametrized indirectly: where the digest is made
+    path = getattr(
+        request, "param", "mapped"
+    )  # parametrized indirectly: how the file reaches VRAM, where hashed
+    device_digest, map_files = {"mapped": (True, True), "staging": (True, False), "cpu": (False, False)}[path]
     from app.core.gpu.nvml import NvmlBackend
 
     backend = NvmlBackend()
@@ -91,7 +94,7 @@ def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> It
         ProcessHostLauncher(),
         measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
         manifest_dir=tmp_path / "manifests",
-        seal_options=SealOptions(segment_bytes=256 * MiB, device_digest=device_digest),
+        seal_options=SealOptions(segment_bytes=256 * MiB, device_digest=device_digest, map_files=map_files),
         reply_timeout_s=120.0,
     )
     managers.append(manager)
@@ -102,7 +105,12 @@ def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> It
     backend.close()
 
 
-@pytest.mark.parametrize("real", [True, False], ids=["gpu-digest", "cpu-digest"], indirect=True)
+@pytest.mark.parametrize(
+    "real",
+    ["mapped", "staging", "cpu"],
+    ids=["gpu-digest-mapped", "gpu-digest-staging", "cpu-digest"],
+    indirect=True,
+)
 def test_seal_verify_tamper_and_evict_to_zero(real: Real, model_file: Path) -> None:
     sealed = real.manager.load_blocking("big", timeout_s=300)
     assert sealed is not None and sealed.bytes == FILE_BYTES

@@ -187,6 +187,7 @@ class ResidencyManager:
                     reader_threads=o.reader_threads,
                     hash_threads=o.hash_threads,
                     device_digest=o.device_digest,
+                    map_files=o.map_files,
                 )
             )
         except (OSError, ValueError) as exc:

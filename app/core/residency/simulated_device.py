@@ -9,11 +9,12 @@ allocation as CUDA would.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
 from app.core.residency.digest import chunk_digest
-from app.core.residency.seal import DeviceOutOfMemory
+from app.core.residency.seal import DeviceOutOfMemory, FileMappingUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,18 @@ class SimulatedDevice:
         backend: SimulatedGpuMemory | None = None,
         pid: int = 0,
         device_digest: bool = False,
+        map_files: bool = True,
     ) -> None:
         """`device_digest`: hash chunks "on the device" (as the CUDA kernel does), so that path of seal and
-        verify runs without a GPU too."""
+        verify runs without a GPU too. `map_files`: copy files straight into blocks as CUDA does from a
+        page-locked mapping (used with device_digest); False makes such a seal fall back to staging."""
         self.gpu = gpu
         self.pid = pid
         self._backend = backend
         self._device_digest = device_digest
+        self._map_files = map_files
+        self._mapped_fd: int | None = None
+        self.mapped_copies = 0  # windows copied straight from a file (tests read it)
         self._digests: list[str] = []
         self._blocks: dict[int, bytearray] = {}
         self._next_block = 1
@@ -92,6 +98,23 @@ class SimulatedDevice:
 
     def wait_buffer(self, buffer: int) -> None:
         return None  # copies are synchronous here
+
+    def open_file_map(self, fd: int, nbytes: int) -> None:
+        if not self._map_files:
+            raise FileMappingUnavailable("this SimulatedDevice does not map files (map_files=False)")
+        self._mapped_fd = fd
+
+    def copy_file_to_device(self, block: int, offset: int, file_offset: int, nbytes: int, slot: int) -> None:
+        if self._mapped_fd is None:
+            raise FileMappingUnavailable("no file is mapped")
+        data = os.pread(self._mapped_fd, nbytes, file_offset)  # not mmap: a shrunk file must not SIGBUS us
+        if len(data) != nbytes:  # as cudaHostRegister fails on pages past the end of a shrunk file
+            raise FileMappingUnavailable(f"the window at {file_offset} is past the end of the file")
+        self._blocks[block][offset : offset + nbytes] = data
+        self.mapped_copies += 1
+
+    def close_file_map(self) -> None:
+        self._mapped_fd = None
 
     def write_byte(self, block: int, offset: int, value: int) -> None:
         self._blocks[block][offset] = value

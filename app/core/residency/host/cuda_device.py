@@ -4,6 +4,10 @@ Model bytes live in dedicated `cupy.cuda.Memory` blocks (their own cudaMalloc, n
 would keep freed blocks); staging buffers are pinned host memory, and copies run asynchronously on one
 non-blocking stream, with an event per staging buffer that says when the buffer may be reused.
 
+With device digests, a seal copies straight from the file (seal.py's `_map_in`): the file is mmap'ed
+read-only, and each window is page-locked in place with cudaHostRegister(cudaHostRegisterReadOnly) for the
+time of its DMA, so the page cache is the staging buffer.
+
 Chunk digests are computed on the GPU when NVRTC can compile the SHA-256 kernel below (one thread per chunk,
 on a second stream that waits for the copies): ~200 GB/s for 1 MiB chunks on an H200, and no CPU time.
 Where it cannot (no NVRTC), `can_digest()` says so and the seal hashes on the CPU instead.
@@ -11,15 +15,45 @@ Where it cannot (no NVRTC), `can_digest()` says so and the seal hashes on the CP
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import GpuUnavailable
-from app.core.residency.seal import DeviceOutOfMemory
+from app.core.residency.seal import DeviceOutOfMemory, FileMappingUnavailable
 
 logger = logging.getLogger(__name__)
+
+HOST_REGISTER_READ_ONLY = 0x08  # cudaHostRegisterReadOnly (CUDA 11.1+): the GPU only reads the pages
+_PROT_READ, _MAP_SHARED = 0x1, 0x01
+
+
+class _FileMap:
+    """A read-only shared mapping of a file through libc's mmap (Python's mmap object hides the address)."""
+
+    def __init__(self, fd: int, nbytes: int) -> None:
+        if not sys.platform.startswith("linux"):
+            raise FileMappingUnavailable(f"no file mapping for CUDA on {sys.platform}")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        c_int = ctypes.c_int
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        address = libc.mmap(None, nbytes, _PROT_READ, _MAP_SHARED, fd, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            raise FileMappingUnavailable(f"mmap failed: {os.strerror(ctypes.get_errno())}")
+        self._libc = libc
+        self.address: int = address
+        self.nbytes = nbytes
+
+    def close(self) -> None:
+        if self.address:
+            self._libc.munmap(self.address, self.nbytes)
+            self.address = 0
 
 
 def _import_cupy(gpu: int) -> Any:
@@ -57,6 +91,8 @@ class CudaDevice:
         self._pinned: list[Any] = []
         self._views: list[memoryview] = []
         self._events: dict[int, Any] = {}
+        self._file_map: _FileMap | None = None
+        self._registered: dict[int, int] = {}  # slot -> page-locked window address, until its copy lands
 
     def allocate(self, nbytes: int) -> int:
         cp = self._cp
@@ -126,6 +162,43 @@ class CudaDevice:
         event = self._events.pop(buffer, None)
         if event is not None:
             event.synchronize()
+        window = self._registered.pop(buffer, None)
+        if window is not None:
+            self._cp.cuda.runtime.hostUnregister(window)
+
+    def open_file_map(self, fd: int, nbytes: int) -> None:
+        self.close_file_map()
+        self._file_map = _FileMap(fd, nbytes)
+
+    def copy_file_to_device(self, block: int, offset: int, file_offset: int, nbytes: int, slot: int) -> None:
+        if self._file_map is None:
+            raise FileMappingUnavailable("no file is mapped")
+        self.wait_buffer(slot)
+        window = self._file_map.address + file_offset
+        try:
+            self._cp.cuda.runtime.hostRegister(window, nbytes, HOST_REGISTER_READ_ONLY)
+        except self._cp.cuda.runtime.CUDARuntimeError as exc:
+            raise FileMappingUnavailable(f"cudaHostRegister of the file failed: {exc}") from None
+        self._registered[slot] = window
+        self._copy(
+            self._blocks[block].ptr + offset, window, nbytes, self._cp.cuda.runtime.memcpyHostToDevice, slot
+        )
+
+    def close_file_map(self) -> None:
+        if self._file_map is None and not self._registered:
+            return
+        try:
+            self._stream.synchronize()
+        finally:
+            for slot in list(self._registered):
+                self._events.pop(slot, None)
+                try:
+                    self._cp.cuda.runtime.hostUnregister(self._registered.pop(slot))
+                except Exception as exc:
+                    logger.warning("releasing a page-locked file window failed: %s", exc)
+            if self._file_map is not None:
+                self._file_map.close()
+                self._file_map = None
 
     def write_byte(self, block: int, offset: int, value: int) -> None:
         import numpy
@@ -177,6 +250,7 @@ class CudaDevice:
             self._digest_stream.synchronize()
             self._stream.synchronize()
         finally:
+            self.close_file_map()
             self.close_staging()
             self._blocks.clear()
             self._cp.get_default_memory_pool().free_all_blocks()

@@ -194,6 +194,7 @@ class _Host:
             reader_threads=request.reader_threads,
             hash_threads=request.hash_threads,
             device_digest=request.device_digest,
+            map_files=request.map_files,
         )
         self.verify_options = options
         resident, seconds = seal_file(

@@ -33,6 +33,7 @@ class SealRequest:
     reader_threads: int = 0
     hash_threads: int = 0
     device_digest: bool = True
+    map_files: bool = False
 
 
 @dataclass(frozen=True)
