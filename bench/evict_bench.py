@@ -37,7 +37,7 @@ def main() -> int:
     from app.core.gpu.nvml import NvmlBackend
     from app.core.residency.host.process import ProcessHostLauncher
     from app.core.residency.ledger import Ledgers
-    from app.core.residency.manager import ResidencyManager, measure_from_backend
+    from app.core.residency.manager import ResidencyManager
     from app.core.settings import ModelConfig, Settings
 
     nbytes = int(args.size_gib * GiB)
@@ -57,16 +57,14 @@ def main() -> int:
 
     backend = NvmlBackend()
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
-    managers: list[ResidencyManager] = []
     manager = ResidencyManager(
         Settings(models=(ModelConfig("bench", path, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
-        measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
+        measure_backend=backend,
         manifest_dir=workdir / "manifests",
         reply_timeout_s=600.0,
     )
-    managers.append(manager)
     trials: list[dict[str, Any]] = []
     try:
         for trial in range(args.trials):

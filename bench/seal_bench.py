@@ -61,23 +61,21 @@ def measure_ours(path: Path, options: dict[str, Any], runs: int) -> dict[str, An
     from app.core.gpu.nvml import NvmlBackend
     from app.core.residency.host.process import ProcessHostLauncher
     from app.core.residency.ledger import Ledgers
-    from app.core.residency.manager import ResidencyManager, measure_from_backend
+    from app.core.residency.manager import ResidencyManager
     from app.core.residency.seal import SealOptions
     from app.core.settings import ModelConfig, Settings
 
     backend = NvmlBackend()
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
-    managers: list[ResidencyManager] = []
     manager = ResidencyManager(
         Settings(models=(ModelConfig("bench", path, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
-        measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
+        measure_backend=backend,
         manifest_dir=Path(tempfile.mkdtemp(prefix="seal-bench-manifests-")),
         seal_options=SealOptions(**options),
         reply_timeout_s=600.0,
     )
-    managers.append(manager)
     results = []
     try:
         for _ in range(runs):

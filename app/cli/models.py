@@ -192,7 +192,7 @@ class _Session:
         from app.core.events import AuditLog
         from app.core.residency.host.process import HostLauncher, ProcessHostLauncher, ThreadHostLauncher
         from app.core.residency.ledger import Ledgers
-        from app.core.residency.manager import ResidencyManager, measure_from_backend
+        from app.core.residency.manager import ResidencyManager
 
         audit: AuditLog | None = None
         launcher: HostLauncher
@@ -220,17 +220,15 @@ class _Session:
             launcher = ProcessHostLauncher()
             audit = AuditLog(paths.audit_log_file())
         ledgers = Ledgers(headroom_bytes=settings.headroom_bytes, clock=clock)
-        holder: list[Any] = []
         manager = ResidencyManager(
             settings,
             ledgers,
             launcher,
             clock=clock,
             audit_log=audit,
-            measure_ours=measure_from_backend(backend, lambda: holder[0].pids()),
+            measure_backend=backend,
             manifest_dir=paths.state_dir() / "manifests",
         )
-        holder.append(manager)
 
         def observe() -> None:
             ledgers.observe_snapshot(backend.sample())

@@ -26,7 +26,7 @@ from app.core.errors import CudaAllocationFailed, SealVerificationFailed
 from app.core.holders import ModelState
 from app.core.residency.host.process import ProcessHostLauncher
 from app.core.residency.ledger import Ledgers
-from app.core.residency.manager import ResidencyManager, measure_from_backend
+from app.core.residency.manager import ResidencyManager
 from app.core.residency.seal import SealOptions
 from app.core.settings import ModelConfig, Settings
 
@@ -87,17 +87,15 @@ def real(tmp_path: Path, model_file: Path, request: pytest.FixtureRequest) -> It
 
     backend = NvmlBackend()
     ledgers = Ledgers(headroom_bytes=lambda total: 2 * GiB)
-    managers: list[ResidencyManager] = []
     manager = ResidencyManager(
         Settings(models=(ModelConfig("big", model_file, gpu=0),)),
         ledgers,
         ProcessHostLauncher(),
-        measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
+        measure_backend=backend,
         manifest_dir=tmp_path / "manifests",
         seal_options=SealOptions(segment_bytes=256 * MiB, device_digest=device_digest, map_files=map_files),
         reply_timeout_s=120.0,
     )
-    managers.append(manager)
     world = Real(manager, backend, ledgers)
     world.observe()
     yield world

@@ -3,7 +3,7 @@ residency host per GPU over a pipe, and turns what the hosts report into events.
 
 Called from the engine's worker thread only (not thread-safe). `start_load` returns at once; `poll()` brings
 progress, completed seals and dead hosts; `evict`/`unload` are synchronous: when they return, the memory is
-freed, the host has ended if it held nothing else, and NVML (through `measure_ours`) has been asked whether
+freed, the host has ended if it held nothing else, and NVML (through `measure_backend`) has been asked whether
 anything of ours is left on that GPU.
 """
 
@@ -85,7 +85,7 @@ class ResidencyManager:
         clock: Callable[[], float] = time.monotonic,
         event_sink: Callable[[Event], None] | None = None,
         audit_log: AuditLog | None = None,
-        measure_ours: MeasureOurs | None = None,
+        measure_backend: GpuBackend | None = None,
         manifest_dir: Path | None = None,
         seal_options: SealOptions = SealOptions(),  # noqa: B008 - frozen dataclass
         reply_timeout_s: float = 60.0,
@@ -98,7 +98,8 @@ class ResidencyManager:
         self._clock = clock
         self._sink = event_sink
         self._audit = audit_log
-        self._measure = measure_ours
+        # residue: what a fresh sample shows for our hosts' pids (None: not measured)
+        self._measure = None if measure_backend is None else measure_from_backend(measure_backend, self.pids)
         self._manifests = ManifestStore(manifest_dir)
         self._options = seal_options
         self._reply_timeout_s = reply_timeout_s
@@ -124,19 +125,16 @@ class ResidencyManager:
         from app.core import paths  # platformdirs: only where the app runs, never in the host
         from app.core.residency.host.process import ProcessHostLauncher
 
-        managers: list[ResidencyManager] = []
-        manager = cls(
+        return cls(
             settings,
             ledgers,
             ProcessHostLauncher(),
             clock=clock,
             event_sink=event_sink,
             audit_log=audit_log,
-            measure_ours=measure_from_backend(backend, lambda: managers[0].pids()),
+            measure_backend=backend,
             manifest_dir=paths.state_dir() / "manifests",
         )
-        managers.append(manager)
-        return manager
 
     # --- ModelHolder -----------------------------------------------------------------------------
 
@@ -719,7 +717,7 @@ class ResidencyManager:
 
 
 def measure_from_backend(backend: GpuBackend, pids: Callable[[], set[int]]) -> MeasureOurs:
-    """A `measure_ours` that takes a fresh sample and sums what our pids use on the GPU (None when NVML
+    """A residue measure that takes a fresh sample and sums what our pids use on the GPU (None when NVML
     cannot say per-process usage, e.g. under Windows WDDM)."""
 
     def measure(gpu: int) -> int | None:

@@ -15,7 +15,7 @@ from app.core.gpu.scenario import parse_scenario
 from app.core.gpu.simulated import ManualClock, SimulatedBackend
 from app.core.residency.host.process import ThreadHostLauncher
 from app.core.residency.ledger import Ledgers
-from app.core.residency.manager import ResidencyManager, measure_from_backend
+from app.core.residency.manager import ResidencyManager
 from app.core.residency.seal import Device, SealOptions
 from app.core.residency.simulated_device import SimulatedDevice
 from app.core.units import KiB, MiB
@@ -104,7 +104,7 @@ def make_world(
         clock=time.monotonic,
         event_sink=lambda e: holder[0].events.append(e),
         audit_log=audit,
-        measure_ours=measure_from_backend(backend, lambda: manager.pids()),
+        measure_backend=backend,
         manifest_dir=manifest_dir if manifest_dir is not None else tmp_path / "manifests",
         seal_options=SealOptions(
             chunk_size_bytes=CHUNK,
