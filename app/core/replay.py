@@ -8,20 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.events import Event
+from app.core.gpu.simulated import ManualClock
 from app.core.settings import Settings
-
-
-class SimulatedClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)
@@ -43,7 +31,7 @@ def replay(
     from app.core.wiring import build_runtime
 
     settings = settings or Settings()
-    clock = SimulatedClock()
+    clock = ManualClock()
     runtime = build_runtime(settings, simulate=scenario, clock=clock, with_api=False, audit=False)
     steward = runtime.steward
     collected: list[Event] = []
@@ -53,7 +41,7 @@ def replay(
     ticks = 0
     state = "idle"
     try:
-        while clock.now <= end:
+        while clock.now_s <= end:
             snapshot = steward.tick()
             ticks += 1
             state = snapshot.state

@@ -13,7 +13,6 @@ from app.core import events as ev
 from app.core.config import Settings
 from app.core.gpu.simulated import ManualClock
 from app.core.metrics import DOCUMENTED, StewardMetrics
-from app.core.replay import SimulatedClock
 from app.core.units import GiB
 from app.core.wiring import Runtime, build_runtime
 from tests.fixtures.api_server import start_api
@@ -35,22 +34,22 @@ def families(text: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def engine() -> Iterator[tuple[Runtime, SimulatedClock, StewardMetrics]]:
-    clock = SimulatedClock()
+def engine() -> Iterator[tuple[Runtime, ManualClock, StewardMetrics]]:
+    clock = ManualClock()
     runtime = build_runtime(Settings(), simulate="game-launch", clock=clock, with_api=False, audit=False)
     metrics = StewardMetrics(runtime.steward)
     yield runtime, clock, metrics
     runtime.steward.shutdown()
 
 
-def run_until(runtime: Runtime, clock: SimulatedClock, until_s: float) -> None:
-    while clock.now <= until_s:
+def run_until(runtime: Runtime, clock: ManualClock, until_s: float) -> None:
+    while clock.now_s <= until_s:
         snapshot = runtime.steward.tick()
         clock.advance(min(snapshot.next_poll_s, 1.0))
 
 
 def test_every_documented_metric_is_in_a_scrape(
-    engine: tuple[Runtime, SimulatedClock, StewardMetrics],
+    engine: tuple[Runtime, ManualClock, StewardMetrics],
 ) -> None:
     runtime, clock, metrics = engine
     run_until(runtime, clock, 5)
@@ -61,7 +60,7 @@ def test_every_documented_metric_is_in_a_scrape(
 
 
 def test_gauges_are_read_from_the_latest_snapshot(
-    engine: tuple[Runtime, SimulatedClock, StewardMetrics],
+    engine: tuple[Runtime, ManualClock, StewardMetrics],
 ) -> None:
     runtime, clock, metrics = engine
     run_until(runtime, clock, 5)  # the 8 GiB model is resident by now
@@ -86,7 +85,7 @@ def test_gauges_are_read_from_the_latest_snapshot(
 
 
 def test_evictions_are_counted_by_gpu_and_reason_with_their_latency(
-    engine: tuple[Runtime, SimulatedClock, StewardMetrics],
+    engine: tuple[Runtime, ManualClock, StewardMetrics],
 ) -> None:
     runtime, clock, metrics = engine
     run_until(runtime, clock, 25)
@@ -97,7 +96,7 @@ def test_evictions_are_counted_by_gpu_and_reason_with_their_latency(
 
 
 def test_seal_throughput_is_a_histogram_of_bytes_per_second(
-    engine: tuple[Runtime, SimulatedClock, StewardMetrics],
+    engine: tuple[Runtime, ManualClock, StewardMetrics],
 ) -> None:
     _, _, metrics = engine
     for rate in (0.3e9, 3e9, 3e9):
@@ -114,7 +113,7 @@ def test_seal_throughput_is_a_histogram_of_bytes_per_second(
 
 
 def test_backend_query_errors_are_read_at_scrape_time(
-    engine: tuple[Runtime, SimulatedClock, StewardMetrics],
+    engine: tuple[Runtime, ManualClock, StewardMetrics],
 ) -> None:
     runtime, clock, metrics = engine
     run_until(runtime, clock, 1)

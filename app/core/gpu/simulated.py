@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 
 class ManualClock:
-    """A settable clock for tests and `status --at`: returns the scenario second it was last set to."""
+    """A clock that moves only when told to (set / advance): for the simulator, replays, `status --at` and
+    tests."""
 
     def __init__(self, start_s: float = 0.0) -> None:
         self.now_s = start_s

@@ -13,8 +13,9 @@ import pytest
 
 from app.core.config import AppRule, Settings
 from app.core.events import Event
+from app.core.gpu.simulated import ManualClock
 from app.core.policy.contention import Command
-from app.core.replay import SimulatedClock, replay
+from app.core.replay import replay
 from app.core.units import GiB
 from app.core.wiring import Runtime, build_runtime
 
@@ -31,7 +32,7 @@ def run_engine(
     at: dict[float, Callable[[Runtime], object]] | None = None,
 ) -> tuple[Runtime, list[Event], list[str]]:
     """Tick the engine on simulated time; `at` runs actions (user commands) at given times."""
-    clock = SimulatedClock()
+    clock = ManualClock()
     runtime = build_runtime(
         settings or Settings(), simulate=scenario, clock=clock, with_api=False, audit=False
     )
@@ -39,8 +40,8 @@ def run_engine(
     runtime.steward.subscribe(events.append)
     pending = dict(sorted((at or {}).items()))
     states: list[str] = []
-    while clock.now <= until_s:
-        for t in [t for t in pending if t <= clock.now]:
+    while clock.now_s <= until_s:
+        for t in [t for t in pending if t <= clock.now_s]:
             pending.pop(t)(runtime)
         snapshot = runtime.steward.tick()
         states.append(snapshot.state)

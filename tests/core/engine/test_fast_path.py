@@ -4,13 +4,13 @@ again (most ticks while models sit resident at 10 Hz); any change brings the ful
 from __future__ import annotations
 
 from app.core.config import Settings
+from app.core.gpu.simulated import ManualClock
 from app.core.policy.contention import Command
-from app.core.replay import SimulatedClock
 from app.core.wiring import build_runtime
 
 
 def test_unchanged_world_skips_decisions_and_a_change_is_seen_at_once() -> None:
-    clock = SimulatedClock()
+    clock = ManualClock()
     runtime = build_runtime(Settings(), simulate="game-launch", clock=clock, with_api=False, audit=False)
     steward = runtime.steward
     calls = {"classify": 0}
@@ -21,13 +21,13 @@ def test_unchanged_world_skips_decisions_and_a_change_is_seen_at_once() -> None:
         return real_classify(*args, **kwargs)
 
     steward.classifier.classify = counting  # type: ignore[method-assign]
-    while clock.now < 10.0:  # the model loads (~1 s), then sits resident on a quiet desktop
+    while clock.now_s < 10.0:  # the model loads (~1 s), then sits resident on a quiet desktop
         snapshot = steward.tick()
         clock.advance(snapshot.next_poll_s)
     assert snapshot.state == "active"
     before = calls["classify"]
     ticks = 0
-    while clock.now < 19.9:
+    while clock.now_s < 19.9:
         snapshot = steward.tick()
         ticks += 1
         clock.advance(snapshot.next_poll_s)
@@ -37,7 +37,7 @@ def test_unchanged_world_skips_decisions_and_a_change_is_seen_at_once() -> None:
         "the snapshot still carries fresh telemetry"
     )
     # the game signal at 20 s changes the world: the full tick runs and evicts at once
-    while clock.now < 20.05:
+    while clock.now_s < 20.05:
         snapshot = steward.tick()
         clock.advance(0.1)
     snapshot = steward.tick()

@@ -9,25 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from app.core.gpu.simulated import ManualClock
 from tests.fixtures.fake_nvml import STATE_ENV, FakeNvml, FakeNvmlUnavailable, build, install_in_pynvml
-
-
-class ManualClock:
-    """A clock that moves only when the test says so."""
-
-    def __init__(self, start_s: float = 1000.0) -> None:
-        self.now_s = start_s
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(1000.0)
 
 
 @pytest.fixture(scope="session")

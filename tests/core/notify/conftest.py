@@ -13,22 +13,10 @@ from pathlib import Path
 import pytest
 
 from app.core.aio_thread import AsyncioThread
+from app.core.gpu.simulated import ManualClock
 from app.core.notify_text import NotificationText
 from tests.fixtures.dbus_session import PrivateBus, start_private_bus
 from tests.fixtures.notify_desktop import Dunst, Xvfb, missing_binaries, start_xvfb
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingNotifier:
@@ -60,8 +48,8 @@ class RecordingNotifier:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture

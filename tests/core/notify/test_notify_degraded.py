@@ -14,8 +14,8 @@ import pytest
 from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.events import Event
+from app.core.gpu.simulated import ManualClock
 from app.core.notify import DesktopNotifierBackend, LogNotifier, NotificationRouter
-from tests.core.notify.conftest import FakeClock
 from tests.fixtures.dbus_session import PrivateBus, wait_until
 from tests.fixtures.notify_desktop import FakeNotificationServer
 
@@ -29,7 +29,7 @@ def actions() -> list[tuple[str, Event]]:
 
 @pytest.fixture
 def router(
-    aio: AsyncioThread, clock: FakeClock, actions: list[tuple[str, Event]]
+    aio: AsyncioThread, clock: ManualClock, actions: list[tuple[str, Event]]
 ) -> Iterator[NotificationRouter]:
     router = NotificationRouter(
         [DesktopNotifierBackend(call_timeout_s=TIMEOUT_S), LogNotifier()],

@@ -13,6 +13,7 @@ from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.config import Settings
 from app.core.events import Event
+from app.core.gpu.simulated import ManualClock
 from app.core.notify import (
     DesktopNotifierBackend,
     LogNotifier,
@@ -20,9 +21,8 @@ from app.core.notify import (
     attach_notifications,
 )
 from app.core.policy.contention import Command
-from app.core.replay import SimulatedClock
 from app.core.wiring import build_runtime
-from tests.core.notify.conftest import Desktop, FakeClock
+from tests.core.notify.conftest import Desktop
 from tests.fixtures.dbus_session import wait_until
 
 
@@ -33,7 +33,7 @@ def actions() -> list[tuple[str, Event]]:
 
 @pytest.fixture
 def router(
-    desktop: Desktop, aio: AsyncioThread, clock: FakeClock, actions: list[tuple[str, Event]]
+    desktop: Desktop, aio: AsyncioThread, clock: ManualClock, actions: list[tuple[str, Event]]
 ) -> Iterator[NotificationRouter]:
     desktop.dunst.ctl("close-all")  # each test starts with nothing on screen
     router = NotificationRouter(
@@ -103,7 +103,7 @@ def test_free_now_on_a_game_warning_calls_on_action_evict_now(
 
 
 def test_ten_events_in_one_second_reach_dunst_as_two_notifications(
-    desktop: Desktop, router: NotificationRouter, clock: FakeClock
+    desktop: Desktop, router: NotificationRouter, clock: ManualClock
 ) -> None:
     for i in range(10):
         router.handle(
@@ -141,7 +141,7 @@ def test_the_daemon_notifies_when_the_scenario_game_starts_and_resume_now_reache
     desktop: Desktop,
 ) -> None:
     """attach_notifications on a simulated daemon (game-launch: GameMode registers Cyberpunk 2077 at 20 s)."""
-    clock = SimulatedClock()
+    clock = ManualClock()
     runtime = build_runtime(Settings(), simulate="game-launch", clock=clock, with_api=False, audit=False)
     router = attach_notifications(runtime)
     assert router is not None and runtime.aio is not None and runtime.aio.running
@@ -149,7 +149,7 @@ def test_the_daemon_notifies_when_the_scenario_game_starts_and_resume_now_reache
     real_submit = runtime.steward.submit
     runtime.steward.submit = lambda command: (submitted.append(command), real_submit(command))[1]  # type: ignore[method-assign]
     try:
-        while clock.now < 25 and not router.deliveries:
+        while clock.now_s < 25 and not router.deliveries:
             runtime.steward.tick()
             clock.advance(0.1)
             router.wait_idle(5)
@@ -172,7 +172,7 @@ def test_attach_notifications_does_nothing_when_they_are_off() -> None:
     runtime = build_runtime(
         Settings(notifications=False),
         simulate="desktop-idle",
-        clock=SimulatedClock(),
+        clock=ManualClock(),
         with_api=False,
         audit=False,
     )

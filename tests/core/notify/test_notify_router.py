@@ -14,9 +14,10 @@ from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.config import AppRule, Settings, load_settings
 from app.core.events import Event
+from app.core.gpu.simulated import ManualClock
 from app.core.notify import LogNotifier, NotificationRouter, add_ignore_rule, command_for_action
 from app.core.policy.contention import Command
-from tests.core.notify.conftest import FakeClock, RecordingNotifier
+from tests.core.notify.conftest import RecordingNotifier
 
 
 def refused(i: int) -> ev.LoadRefused:
@@ -50,7 +51,7 @@ def make_router(
 
 
 def test_ten_events_in_one_second_make_two_notifications_the_second_saying_how_many_more(
-    aio: AsyncioThread, clock: FakeClock
+    aio: AsyncioThread, clock: ManualClock
 ) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock, coalesce_s=10.0)
@@ -70,7 +71,7 @@ def test_ten_events_in_one_second_make_two_notifications_the_second_saying_how_m
     router.close()
 
 
-def test_coalescing_is_per_kind(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_coalescing_is_per_kind(aio: AsyncioThread, clock: ManualClock) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock)
     router.handle(refused(1))
@@ -94,7 +95,7 @@ def test_a_held_back_burst_goes_out_by_itself_when_its_window_ends(aio: AsyncioT
     router.close()
 
 
-def test_after_the_window_a_new_event_goes_out_at_once(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_after_the_window_a_new_event_goes_out_at_once(aio: AsyncioThread, clock: ManualClock) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock, coalesce_s=10.0)
     router.handle(refused(1))
@@ -105,7 +106,7 @@ def test_after_the_window_a_new_event_goes_out_at_once(aio: AsyncioThread, clock
     router.close()
 
 
-def test_a_late_burst_goes_out_merged_with_the_next_event(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_a_late_burst_goes_out_merged_with_the_next_event(aio: AsyncioThread, clock: ManualClock) -> None:
     """The loop's timer has not fired yet (a fake clock), and the next event comes after the window."""
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock, coalesce_s=10.0)
@@ -120,7 +121,7 @@ def test_a_late_burst_goes_out_merged_with_the_next_event(aio: AsyncioThread, cl
 
 
 def test_notifications_off_sends_nothing_and_can_be_turned_back_on(
-    aio: AsyncioThread, clock: FakeClock
+    aio: AsyncioThread, clock: ManualClock
 ) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock, enabled=False)
@@ -136,7 +137,7 @@ def test_notifications_off_sends_nothing_and_can_be_turned_back_on(
     router.close()
 
 
-def test_events_without_a_notification_reach_no_backend(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_events_without_a_notification_reach_no_backend(aio: AsyncioThread, clock: ManualClock) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock)
     router.handle(ev.GameStarted(at=0, name="g", source="steam"))
@@ -147,7 +148,7 @@ def test_events_without_a_notification_reach_no_backend(aio: AsyncioThread, cloc
 
 @pytest.mark.parametrize("mode", ["unavailable", "refuse", "fail"])
 def test_the_next_backend_takes_over_when_one_cannot(
-    mode: str, aio: AsyncioThread, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    mode: str, aio: AsyncioThread, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, second = RecordingNotifier("desktop", mode), RecordingNotifier("balloon")
     router = make_router([first, second], aio, clock)
@@ -162,7 +163,7 @@ def test_the_next_backend_takes_over_when_one_cannot(
 
 
 def test_a_hung_backend_times_out_falls_back_to_the_log_and_is_skipped_for_a_while(
-    aio: AsyncioThread, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    aio: AsyncioThread, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     hung = RecordingNotifier("desktop", "hang")
     router = make_router([hung, LogNotifier()], aio, clock, call_timeout_s=0.3, retry_after_s=60.0)
@@ -189,7 +190,7 @@ def test_a_hung_backend_times_out_falls_back_to_the_log_and_is_skipped_for_a_whi
     router.close()
 
 
-def test_the_tray_balloon_goes_before_the_log(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_the_tray_balloon_goes_before_the_log(aio: AsyncioThread, clock: ManualClock) -> None:
     desktop, log = RecordingNotifier("desktop", "unavailable"), LogNotifier()
     router = make_router([desktop, log], aio, clock)
     balloon = RecordingNotifier("tray-balloon")
@@ -201,7 +202,7 @@ def test_the_tray_balloon_goes_before_the_log(aio: AsyncioThread, clock: FakeClo
     assert balloon.closed and desktop.closed
 
 
-def test_a_pressed_button_reaches_on_action_with_its_event(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_a_pressed_button_reaches_on_action_with_its_event(aio: AsyncioThread, clock: ManualClock) -> None:
     shown = RecordingNotifier("desktop")
     actions: list[tuple[str, Event]] = []
     router = make_router([shown], aio, clock, actions)
@@ -214,7 +215,7 @@ def test_a_pressed_button_reaches_on_action_with_its_event(aio: AsyncioThread, c
 
 
 def test_a_failing_action_handler_is_logged_not_raised(
-    aio: AsyncioThread, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    aio: AsyncioThread, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock, actions=None)  # its on_action raises
@@ -225,7 +226,7 @@ def test_a_failing_action_handler_is_logged_not_raised(
 
 
 def test_after_the_loop_stopped_a_notification_goes_to_the_log(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     aio = AsyncioThread()
     aio.start()
@@ -238,7 +239,7 @@ def test_after_the_loop_stopped_a_notification_goes_to_the_log(
 
 
 def test_close_drops_held_back_bursts_and_is_idempotent(
-    aio: AsyncioThread, clock: FakeClock, caplog: pytest.LogCaptureFixture
+    aio: AsyncioThread, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     shown = RecordingNotifier("desktop")
     router = make_router([shown], aio, clock)
@@ -254,7 +255,7 @@ def test_close_drops_held_back_bursts_and_is_idempotent(
     assert len(shown.sent) == 1 and shown.closed
 
 
-def test_a_router_needs_a_backend(aio: AsyncioThread, clock: FakeClock) -> None:
+def test_a_router_needs_a_backend(aio: AsyncioThread, clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="at least one backend"):
         make_router([], aio, clock)
 

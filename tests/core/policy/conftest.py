@@ -10,25 +10,13 @@ from pathlib import Path
 import pytest
 
 from app.core.aio_thread import AsyncioThread
+from app.core.gpu.simulated import ManualClock
 from tests.fixtures.dbus_session import GameModeDaemon, PrivateBus, start_named_process, start_private_bus
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from app.core.config import AppRule, Settings
 from app.core.gpu.null import NullBackend
+from app.core.gpu.simulated import ManualClock
 from app.core.gpu.snapshot import GpuProcess, ProcessKind
 from app.core.policy.classify import (
     NOT_VISIBLE_NOTE,
@@ -19,7 +20,7 @@ from app.core.policy.classify import (
 from app.core.policy.roles import Role
 from app.core.policy.signals import GameSignal
 from app.core.units import GiB, MiB
-from tests.fixtures.policy_world import Clock, desktop_processes, game, gpu_snapshot, proc, telemetry
+from tests.fixtures.policy_world import desktop_processes, game, gpu_snapshot, proc, telemetry
 
 OUR_PID = 4000
 HOST_PID = 4001
@@ -28,7 +29,10 @@ HOST_PID = 4001
 def classifier(settings: Settings | None = None, parents: dict[int, int] | None = None) -> ProcessClassifier:
     table = parents or {}
     return ProcessClassifier(
-        settings or Settings(), clock=Clock(), own_pid=OUR_PID, parent_pid=lambda pid: table.get(pid)
+        settings or Settings(),
+        clock=ManualClock(1000.0),
+        own_pid=OUR_PID,
+        parent_pid=lambda pid: table.get(pid),
     )
 
 
@@ -76,7 +80,7 @@ def test_roles_of_a_desktop_our_host_a_child_and_a_managed_server() -> None:
 def test_parent_pid_is_found_with_psutil_for_a_real_child_process() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        c = ProcessClassifier(Settings(), clock=Clock())  # own pid and psutil: the real thing
+        c = ProcessClassifier(Settings(), clock=ManualClock(1000.0))  # own pid and psutil: the real thing
         result = classify(
             c, [proc(child.pid, "python3", 1 * GiB, ProcessKind.COMPUTE), proc(2**22 + 7, "gone", 0)]
         )

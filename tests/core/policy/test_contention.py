@@ -10,13 +10,14 @@ from dataclasses import replace
 
 from app.core.config import AppRule, Settings
 from app.core.gpu.null import NullBackend
+from app.core.gpu.simulated import ManualClock
 from app.core.gpu.snapshot import BackendState, GpuState, ProcessKind, TelemetrySnapshot
 from app.core.holders import ModelState
 from app.core.policy.actions import Command, EngineState, Evict, PolicyInputs, RefuseLoads, Reload, WarnGame
 from app.core.policy.classify import NOT_VISIBLE_NOTE, Classification
 from app.core.policy.contention import ContentionPolicy, describe
 from app.core.units import GiB, MiB
-from tests.fixtures.policy_world import Clock, PolicyWorld, actions_of, game, model, proc
+from tests.fixtures.policy_world import PolicyWorld, actions_of, game, model, proc
 
 CYBERPUNK = game("Cyberpunk 2077", 700, source="steam", app_id="1091500")
 BOTH = ("llama-8b", "embedder")  # the two models of world_with_models(), priority order
@@ -318,7 +319,7 @@ def test_sleep_evicts_before_and_reloads_right_after_waking() -> None:
 
 
 def test_no_gpu_means_no_gpu_state_and_no_actions() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     policy = ContentionPolicy(Settings(), clock=clock)
     snapshot = NullBackend(clock=clock).sample()
     decision = policy.decide(
@@ -332,7 +333,7 @@ def test_no_gpu_means_no_gpu_state_and_no_actions() -> None:
 
 
 def test_a_failing_backend_changes_nothing_and_says_so() -> None:
-    policy = ContentionPolicy(Settings(), clock=Clock())
+    policy = ContentionPolicy(Settings(), clock=ManualClock(1000.0))
     snapshot = TelemetrySnapshot(
         backend="nvml", state=BackendState.ERROR, taken_at=0.0, message="NVML failed"
     )

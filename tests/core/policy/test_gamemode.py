@@ -34,7 +34,7 @@ def test_registered_game_is_reported_with_its_pid_and_name_and_goes_away_when_un
     (signal,) = watcher.active()
     assert (signal.name, signal.source, signal.pid) == ("cyberpunk2077", "gamemode", game.pid)
     assert signal.exe is not None and Path(signal.exe).name == "cyberpunk2077"
-    assert signal.started_at == clock.now
+    assert signal.started_at == clock.now_s
     assert changes.is_set()
 
     gamemode_daemon.unregister(game.pid)

@@ -66,7 +66,7 @@ def test_a_running_steam_game_is_a_signal_with_its_app_id_and_the_games_own_proc
     assert (signal.source, signal.app_id, signal.pid) == ("steam", "1091500", game_pid)
     assert signal.name == "Cyberpunk2077"
     assert signal.exe == str(tmp_path / "Cyberpunk2077")
-    assert signal.started_at == clock.now
+    assert signal.started_at == clock.now_s
 
     psutil.Process(game_pid).kill()  # the game exits; the reaper follows
     reaper.wait(5)
@@ -101,9 +101,9 @@ def test_no_rescan_before_the_interval_and_a_rescan_once_it_has_passed(launch, c
     clock.advance(0.5)
     assert [s.pid for s in steam.active()] == [game_pid]
     assert scanner.table().generation == first + 1
-    assert steam.active()[0].started_at == clock.now  # first seen now
+    assert steam.active()[0].started_at == clock.now_s  # first seen now
     clock.advance(5.0)
-    assert steam.active()[0].started_at == clock.now - 5.0  # still the first sighting
+    assert steam.active()[0].started_at == clock.now_s - 5.0  # still the first sighting
 
 
 def test_refresh_scans_at_once_whatever_the_interval(launch, clock, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.errors import GpuUnavailable, InsufficientVram, InvalidInput
+from app.core.gpu.simulated import ManualClock
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState, TelemetrySnapshot
 from app.core.residency.ledger import (
     RETRY_AFTER_FOREIGN_S,
@@ -24,22 +25,9 @@ from app.core.units import GiB, MiB
 HEADROOM = Settings().headroom_bytes  # max(2 GiB, 10 % of total): the real policy
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 def ledger_with(
@@ -123,7 +111,7 @@ def test_ten_threads_racing_for_2_gib_each_admit_exactly_six_of_12_gib() -> None
 
 
 def test_s3_six_and_eight_gib_race_on_twelve_admits_exactly_one() -> None:
-    clock = FakeClock()
+    clock = ManualClock(1000.0)
     ledger = ledger_with(clock, total=16 * GiB, free=14 * GiB)  # 12 GiB admissible
     barrier = threading.Barrier(2)
     outcomes: dict[int, object] = {}
@@ -151,7 +139,7 @@ def test_s3_six_and_eight_gib_race_on_twelve_admits_exactly_one() -> None:
 # --- headroom -----------------------------------------------------------------------------------------
 
 
-def test_headroom_floor_of_2_gib_applies_on_a_small_gpu(clock: FakeClock) -> None:
+def test_headroom_floor_of_2_gib_applies_on_a_small_gpu(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=8 * GiB, free=8 * GiB)  # 10 % = 0.8 GiB < 2 GiB
     assert ledger.headroom() == 2 * GiB
     assert ledger.available_bytes() == 6 * GiB
@@ -162,7 +150,7 @@ def test_headroom_floor_of_2_gib_applies_on_a_small_gpu(clock: FakeClock) -> Non
     assert ledger.available_bytes() == 0
 
 
-def test_headroom_of_10_percent_applies_on_a_large_gpu(clock: FakeClock) -> None:
+def test_headroom_of_10_percent_applies_on_a_large_gpu(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=80 * GiB, free=80 * GiB)  # 10 % = 8 GiB > 2 GiB
     assert ledger.headroom() == 8 * GiB
     assert ledger.available_bytes() == 72 * GiB
@@ -171,7 +159,7 @@ def test_headroom_of_10_percent_applies_on_a_large_gpu(clock: FakeClock) -> None
     ledger.reserve(72 * GiB, "fits exactly")
 
 
-def test_headroom_follows_the_settings_given(clock: FakeClock) -> None:
+def test_headroom_follows_the_settings_given(clock: ManualClock) -> None:
     settings = Settings(reserved_system_vram=512 * MiB, headroom_percent=25.0)
     ledger = Ledger(3, headroom_bytes=settings.headroom_bytes, clock=clock)
     ledger.observe(total_bytes=4 * GiB, free_bytes=3 * GiB, sampled_at=clock())
@@ -180,7 +168,7 @@ def test_headroom_follows_the_settings_given(clock: FakeClock) -> None:
     assert ledger.available_bytes() == 2 * GiB
 
 
-def test_a_request_larger_than_the_gpu_can_ever_admit_says_so(clock: FakeClock) -> None:
+def test_a_request_larger_than_the_gpu_can_ever_admit_says_so(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=12 * GiB, free=12 * GiB)
     with pytest.raises(InsufficientVram) as info:
         ledger.reserve(11 * GiB, "huge")
@@ -188,7 +176,7 @@ def test_a_request_larger_than_the_gpu_can_ever_admit_says_so(clock: FakeClock) 
     assert "at most 10.0 GiB" in info.value.user_message() or "at most 10 GiB" in info.value.user_message()
 
 
-def test_a_request_blocked_by_other_applications_gets_the_long_retry(clock: FakeClock) -> None:
+def test_a_request_blocked_by_other_applications_gets_the_long_retry(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=12 * GiB, free=2 * GiB)  # S1: a user app holds 10 of 12 GiB
     with pytest.raises(InsufficientVram) as info:
         ledger.reserve(8 * GiB, "llama")
@@ -198,7 +186,7 @@ def test_a_request_blocked_by_other_applications_gets_the_long_retry(clock: Fake
     assert "llama" in str(info.value)
 
 
-def test_available_may_be_negative_when_others_ate_into_the_headroom(clock: FakeClock) -> None:
+def test_available_may_be_negative_when_others_ate_into_the_headroom(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=16 * GiB, free=1 * GiB)
     assert ledger.available_bytes() == -1 * GiB
     with pytest.raises(InsufficientVram) as info:
@@ -209,7 +197,7 @@ def test_available_may_be_negative_when_others_ate_into_the_headroom(clock: Fake
 # --- the lag rule -------------------------------------------------------------------------------------
 
 
-def test_an_allocation_stays_counted_until_a_sample_taken_after_it_shows_it(clock: FakeClock) -> None:
+def test_an_allocation_stays_counted_until_a_sample_taken_after_it_shows_it(clock: ManualClock) -> None:
     ledger = ledger_with(clock, total=16 * GiB, free=14 * GiB)
     sample_before = clock()
     clock.advance(0.01)
@@ -240,7 +228,7 @@ def test_an_allocation_stays_counted_until_a_sample_taken_after_it_shows_it(cloc
     assert ledger.last_sample_at() == clock()
 
 
-def test_a_pending_reservation_is_never_dropped_by_a_sample(clock: FakeClock) -> None:
+def test_a_pending_reservation_is_never_dropped_by_a_sample(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     reservation = ledger.reserve(3 * GiB, "loading")
     for _ in range(5):
@@ -250,7 +238,7 @@ def test_a_pending_reservation_is_never_dropped_by_a_sample(clock: FakeClock) ->
     assert ledger.available_bytes() == 9 * GiB
 
 
-def test_a_sample_older_than_the_last_one_is_ignored(clock: FakeClock) -> None:
+def test_a_sample_older_than_the_last_one_is_ignored(clock: ManualClock) -> None:
     ledger = ledger_with(clock, free=14 * GiB)
     clock.advance(1.0)
     reservation = ledger.reserve(4 * GiB, "llama")
@@ -265,7 +253,7 @@ def test_a_sample_older_than_the_last_one_is_ignored(clock: FakeClock) -> None:
     assert ledger.last_sample_at() == clock()
 
 
-def test_mark_allocated_twice_keeps_the_first_time_and_unknown_ids_are_harmless(clock: FakeClock) -> None:
+def test_mark_allocated_twice_keeps_the_first_time_and_unknown_ids_are_harmless(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     reservation = ledger.reserve(1 * GiB, "m")
     ledger.mark_allocated(reservation.id)
@@ -281,7 +269,7 @@ def test_mark_allocated_twice_keeps_the_first_time_and_unknown_ids_are_harmless(
 # --- expiry and release -------------------------------------------------------------------------------
 
 
-def test_a_reservation_expires_when_its_process_dies(clock: FakeClock) -> None:
+def test_a_reservation_expires_when_its_process_dies(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     doomed = ledger.reserve(2 * GiB, "client A", pid=4242)
     allocated_doomed = ledger.reserve(1 * GiB, "client B", pid=4243)
@@ -300,7 +288,7 @@ def test_a_reservation_expires_when_its_process_dies(clock: FakeClock) -> None:
     assert ledger.outstanding_bytes() == 4 * GiB
 
 
-def test_a_pending_reservation_expires_after_its_ttl(clock: FakeClock) -> None:
+def test_a_pending_reservation_expires_after_its_ttl(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     reservation = ledger.reserve(5 * GiB, "api client", ttl_s=30.0)
     assert reservation.expires_at == clock() + 30.0
@@ -312,7 +300,7 @@ def test_a_pending_reservation_expires_after_its_ttl(clock: FakeClock) -> None:
     ledger.reserve(12 * GiB, "next")  # its bytes are admissible again
 
 
-def test_ttl_expiry_is_also_applied_by_a_sample(clock: FakeClock) -> None:
+def test_ttl_expiry_is_also_applied_by_a_sample(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     reservation = ledger.reserve(5 * GiB, "api client", ttl_s=1.0)
     clock.advance(2.0)
@@ -322,7 +310,7 @@ def test_ttl_expiry_is_also_applied_by_a_sample(clock: FakeClock) -> None:
     assert ledger.reservations() == ()
 
 
-def test_an_allocated_reservation_outlives_its_ttl_until_nvml_shows_it(clock: FakeClock) -> None:
+def test_an_allocated_reservation_outlives_its_ttl_until_nvml_shows_it(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     reservation = ledger.reserve(5 * GiB, "api client", ttl_s=1.0)
     clock.advance(0.5)
@@ -335,7 +323,7 @@ def test_an_allocated_reservation_outlives_its_ttl_until_nvml_shows_it(clock: Fa
     assert ledger.available_bytes() == 7 * GiB
 
 
-def test_release_is_idempotent(clock: FakeClock) -> None:
+def test_release_is_idempotent(clock: ManualClock) -> None:
     ledger = ledger_with(clock)
     a = ledger.reserve(4 * GiB, "a")
     b = ledger.reserve(4 * GiB, "b")
@@ -350,7 +338,7 @@ def test_release_is_idempotent(clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize("nbytes", [0, -1, -(4 * GiB), True, 1.5, 2.0, "1 GiB", None])
-def test_invalid_sizes_are_refused(clock: FakeClock, nbytes: object) -> None:
+def test_invalid_sizes_are_refused(clock: ManualClock, nbytes: object) -> None:
     ledger = ledger_with(clock)
     with pytest.raises(InvalidInput) as info:
         ledger.reserve(nbytes, "bad")  # type: ignore[arg-type]
@@ -363,14 +351,14 @@ def test_invalid_sizes_are_refused(clock: FakeClock, nbytes: object) -> None:
 @pytest.mark.parametrize(
     ("pid", "ttl_s"), [(0, None), (-5, None), (None, 0.0), (None, -1.0), (None, float("inf"))]
 )
-def test_invalid_pid_or_ttl_is_refused(clock: FakeClock, pid: int | None, ttl_s: float | None) -> None:
+def test_invalid_pid_or_ttl_is_refused(clock: ManualClock, pid: int | None, ttl_s: float | None) -> None:
     ledger = ledger_with(clock)
     with pytest.raises(InvalidInput):
         ledger.reserve(1 * GiB, "bad", pid=pid, ttl_s=ttl_s)
     assert ledger.reservations() == ()
 
 
-def test_no_sample_yet_means_the_gpu_is_unavailable(clock: FakeClock) -> None:
+def test_no_sample_yet_means_the_gpu_is_unavailable(clock: ManualClock) -> None:
     ledger = Ledger(1, headroom_bytes=HEADROOM, clock=clock)
     assert ledger.total_bytes() is None
     assert ledger.headroom() is None
@@ -383,7 +371,7 @@ def test_no_sample_yet_means_the_gpu_is_unavailable(clock: FakeClock) -> None:
     assert ledger.allocation_failures_total == {"gpu_unavailable": 1}
 
 
-def test_impossible_samples_are_refused_with_the_values(clock: FakeClock) -> None:
+def test_impossible_samples_are_refused_with_the_values(clock: ManualClock) -> None:
     ledger = Ledger(0, headroom_bytes=HEADROOM, clock=clock)
     with pytest.raises(InvalidInput, match="free_bytes=17"):
         ledger.observe(total_bytes=16, free_bytes=17, sampled_at=clock())
@@ -392,7 +380,7 @@ def test_impossible_samples_are_refused_with_the_values(clock: FakeClock) -> Non
     assert ledger.last_sample_at() is None
 
 
-def test_failures_after_admission_are_counted_by_reason(clock: FakeClock) -> None:
+def test_failures_after_admission_are_counted_by_reason(clock: ManualClock) -> None:
     ledger = ledger_with(clock, free=4 * GiB)
     with pytest.raises(InsufficientVram):
         ledger.reserve(3 * GiB, "big")
@@ -422,7 +410,7 @@ def gpu_snapshot(index: int, *, total: int, free: int, state: GpuState = GpuStat
     )
 
 
-def test_ledgers_feed_every_gpu_and_suspend_lost_ones(clock: FakeClock) -> None:
+def test_ledgers_feed_every_gpu_and_suspend_lost_ones(clock: ManualClock) -> None:
     ledgers = Ledgers(HEADROOM, clock)
     snapshot = TelemetrySnapshot(
         backend="simulated",
@@ -451,7 +439,7 @@ def test_ledgers_feed_every_gpu_and_suspend_lost_ones(clock: FakeClock) -> None:
     assert ledgers.allocation_failures_total == {"gpu_unavailable": 1}
 
 
-def test_a_failing_backend_suspends_admission_until_a_good_sample(clock: FakeClock) -> None:
+def test_a_failing_backend_suspends_admission_until_a_good_sample(clock: ManualClock) -> None:
     ledgers = Ledgers(HEADROOM, clock)
     good = TelemetrySnapshot(
         backend="nvml",

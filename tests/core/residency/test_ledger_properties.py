@@ -30,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from app.core.config import Settings
 from app.core.errors import InsufficientVram
+from app.core.gpu.simulated import ManualClock
 from app.core.residency.ledger import Ledger, Reservation
 from app.core.units import GiB, MiB
 
@@ -39,14 +40,6 @@ SIZES = st.one_of(
 )
 PICK = st.integers(min_value=0, max_value=1_000)
 CLIENT_PIDS = (101, 102, 103)
-
-
-class StepClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -69,7 +62,7 @@ class LaggingGpu(RuleBasedStateMachine):
         foreign_fraction=st.floats(min_value=0.0, max_value=1.0),
     )
     def start(self, total_gib: int, reserved: int, percent: float, foreign_fraction: float) -> None:
-        self.clock = StepClock()
+        self.clock = ManualClock()
         self.total = total_gib * GiB
         policy = Settings(reserved_system_vram=reserved, headroom_percent=percent)
         self.headroom = policy.headroom_bytes(self.total)
@@ -130,16 +123,16 @@ class LaggingGpu(RuleBasedStateMachine):
     @rule(steps=st.integers(min_value=1, max_value=3))
     def tick(self, steps: int) -> None:
         for _ in range(steps):
-            self.clock.now += 1.0
-            self.history[self.clock.now] = (self.foreign, self.ours_real)
+            self.clock.now_s += 1.0
+            self.history[self.clock.now_s] = (self.foreign, self.ours_real)
             for rid, ours in list(self.live.items()):  # abandoned clients: their TTL ran out
-                if not ours.resident and ours.expires_at is not None and self.clock.now >= ours.expires_at:
+                if not ours.resident and ours.expires_at is not None and self.clock.now_s >= ours.expires_at:
                     del self.live[rid]
                     event("a reservation expired by TTL")
 
     @rule(lag=st.integers(min_value=0, max_value=6), with_pids=st.booleans())
     def sample(self, lag: int, with_pids: bool) -> None:
-        sampled_at = max(0.0, self.clock.now - lag)
+        sampled_at = max(0.0, self.clock.now_s - lag)
         before = self.ledger.last_sample_at()
         assert before is not None
         self.deliver(sampled_at, live_pids=set(self.alive_pids) | {1} if with_pids else None)
