@@ -221,21 +221,24 @@ class Steward:
             return False
         for holder in self.holders:
             self._held_events.extend(holder.poll())
-        return not self._held_events and self._probe_key() == self._still_key
+        return not self._held_events and self._probe_key(self._games()) == self._still_key
 
-    def _probe_key(self) -> tuple[Any, ...] | None:
+    def _games(self) -> tuple[GameSignal, ...]:
+        return tuple(self.signals.active()) if self.signals else ()
+
+    def _probe_key(self, games: tuple[GameSignal, ...]) -> tuple[Any, ...] | None:
         """What step() compares between ticks; None when the backend cannot tell cheaply."""
         probe = self.backend.probe()
         if probe is None:
             return None
-        games = tuple(self.signals.active()) if self.signals else ()
         return (probe, games, id(self.settings), self._sleeping, self._on_battery())
 
     def tick(self) -> StewardSnapshot:
         """One sample → classify → decide → act → publish cycle."""
         self._tick += 1
         now = self.clock()
-        probe_key = self._probe_key()  # before the sample: a change after it shows in the next probe
+        games = self._games()
+        probe_key = self._probe_key(games)  # before the sample: a change after it shows in the next probe
         telemetry = self.backend.sample()
         self._full_at = now
         self._still_key = None
@@ -253,7 +256,6 @@ class Steward:
                 polled_events += 1
                 self._emit(event)
 
-        games = self.signals.active() if self.signals else ()
         models = self._models()
         fast = self._unchanged(telemetry, games, models, polled_events)
         if fast is not None:
