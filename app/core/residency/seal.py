@@ -105,8 +105,8 @@ class Device(Protocol):
 
     def copy_file_to_device(self, block: int, offset: int, file_offset: int, nbytes: int, slot: int) -> None:
         """Copy [file_offset, file_offset+nbytes) of the mapped file into the block, asynchronously, with no
-        staging copy; `wait_buffer(slot)` waits for it (and releases the window). Raises
-        FileMappingUnavailable when the window cannot be page-locked."""
+        staging copy. It first waits for the slot's previous copy (and releases that window); so does
+        `wait_buffer(slot)`. Raises FileMappingUnavailable when the window cannot be page-locked."""
         ...
 
     def close_file_map(self) -> None:
@@ -460,8 +460,7 @@ def _map_in(
             size = min(window, total - offset)
             _allocate_segment(device, resident, size)
             block, inner = resident.locate(offset)
-            device.wait_buffer(index % 2)  # the window two back has landed: release it first
-            device.copy_file_to_device(block, inner, offset, size, index % 2)
+            device.copy_file_to_device(block, inner, offset, size, index % 2)  # waits for the window 2 back
             device.start_digest(block, inner + size, options.chunk_size_bytes)
             if progress is not None:
                 progress(offset + size, total)
