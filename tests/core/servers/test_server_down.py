@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.fixtures.servers.standin import StandInServer
 from tests.fixtures.servers.world import ServerWorld, kinds, poll_for
 
 LLAMA = PulledModel("llama3.1:8b", 8 * GiB, "46e0c10c039e")
-
-
-@pytest.fixture
-def world() -> Iterator[ServerWorld]:
-    w = ServerWorld()
-    yield w
-    w.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,6 @@ GEMMA = "ggml-org/gemma-3-4b-it-GGUF:Q4_K_M"
 GEMMA_PATH = "/models/gemma-3-4b-it-Q4_K_M.gguf"
 QWEN = "Qwen3-8B-Q4_K_M"
 QWEN_PATH = "/models/Qwen3-8B-Q4_K_M.gguf"
-
-
-@pytest.fixture
-def world() -> Iterator[ServerWorld]:
-    w = ServerWorld()
-    yield w
-    w.close()
 
 
 @pytest.fixture

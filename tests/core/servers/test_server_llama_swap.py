@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-
-import pytest
 
 from app.core.holders import ModelState
 from app.core.servers.base import JsonHttpClient
@@ -19,13 +16,6 @@ from tests.fixtures.servers.world import ServerWorld, kinds, poll_for
 
 QWEN = "qwen2.5-7b"
 CODER = "bartowski/qwen2.5-coder-1.5b"  # llama-swap model ids may contain a slash
-
-
-@pytest.fixture
-def world() -> Iterator[ServerWorld]:
-    w = ServerWorld()
-    yield w
-    w.close()
 
 
 def make(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,13 +24,6 @@ LLAMA = PulledModel(
     "llama3.1:8b", 8 * GiB, "46e0c10c039e019119339687c3c1757cc81b9da49709a3b3924863ba87ca666e"
 )
 QWEN = PulledModel("qwen2.5:3b", 2 * GiB, "845dbda0ea48ed749caafd9e6037047aa19acfcfd82e704d7ca97d631a0b697e")
-
-
-@pytest.fixture
-def world() -> Iterator[ServerWorld]:
-    w = ServerWorld()
-    yield w
-    w.close()
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ residue report, the fallback on free memory when NVML lists other PIDs than ours
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from app.core.gpu.null import NullBackend
@@ -13,13 +11,6 @@ from app.core.units import GiB, MiB
 from tests.fixtures.servers.world import ServerWorld
 
 RUNNER = 5_100_001
-
-
-@pytest.fixture
-def world() -> Iterator[ServerWorld]:
-    w = ServerWorld()
-    yield w
-    w.close()
 
 
 def free_later(world: ServerWorld, at_s: float, nbytes: int | None = None) -> None:
