@@ -23,6 +23,14 @@ from app.core.units import KiB, MiB
 CHUNK = 64 * KiB  # small chunks so a few MiB make many of them
 STAGING = 2 * CHUNK  # each staging buffer holds two chunks
 SEGMENT = 256 * KiB  # device memory in blocks of 4 chunks: a seal allocates several times
+SEAL_OPTIONS = SealOptions(
+    chunk_size_bytes=CHUNK,
+    staging_bytes=STAGING,
+    segment_bytes=SEGMENT,
+    staging_buffers=3,
+    reader_threads=2,
+    hash_threads=2,
+)
 
 
 def scenario_text(total: str = "64 MiB", foreign: str = "0 B", timeline: str = "") -> str:
@@ -106,14 +114,7 @@ def make_world(
         audit_log=audit,
         measure_backend=backend,
         manifest_dir=manifest_dir if manifest_dir is not None else tmp_path / "manifests",
-        seal_options=SealOptions(
-            chunk_size_bytes=CHUNK,
-            staging_bytes=STAGING,
-            segment_bytes=SEGMENT,
-            staging_buffers=3,
-            reader_threads=2,
-            hash_threads=2,
-        ),
+        seal_options=SEAL_OPTIONS,
         reply_timeout_s=10.0,
         confirm_timeout_s=0.5,
     )

@@ -3,6 +3,7 @@ every bad-file case, out-of-memory part-way, and what stays allocated afterwards
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from residency_world import (
     CHUNK,
+    SEAL_OPTIONS,
     SEGMENT,
-    STAGING,
     expected_chunks,
     expected_digest,
     scenario_text,
@@ -26,14 +27,6 @@ from app.core.residency.simulated_device import SimulatedDevice
 from app.core.units import KiB, MiB
 
 PID = 4_200_001
-OPTIONS = SealOptions(
-    chunk_size_bytes=CHUNK,
-    staging_bytes=STAGING,
-    segment_bytes=SEGMENT,
-    staging_buffers=3,
-    reader_threads=2,
-    hash_threads=2,
-)
 
 
 def gpu(total: str = "64 MiB", timeline: str = "") -> tuple[SimulatedBackend, ManualClock, SimulatedDevice]:
@@ -50,7 +43,7 @@ def test_seal_streams_the_file_and_digests_it_like_hashlib(tmp_path: Path) -> No
         device,
         model="m",
         path=str(tmp_path / "m.bin"),
-        options=OPTIONS,
+        options=SEAL_OPTIONS,
         progress=lambda d, t: seen.append((d, t)),
     )
     assert resident.manifest is not None
@@ -64,7 +57,7 @@ def test_seal_streams_the_file_and_digests_it_like_hashlib(tmp_path: Path) -> No
     done = [d for d, _ in seen]
     assert done == sorted(set(done)) and done[-1] == len(data) and {t for _, t in seen} == {len(data)}
     # what is in "VRAM" is the file, byte for byte (staging buffers were never reused too early)
-    assert verify_resident(device, resident, OPTIONS) == expected_chunks(data)
+    assert verify_resident(device, resident, SEAL_OPTIONS) == expected_chunks(data)
     resident.free(device)
     assert backend.our_bytes(0) == 0
 
@@ -72,14 +65,7 @@ def test_seal_streams_the_file_and_digests_it_like_hashlib(tmp_path: Path) -> No
 def test_one_staging_buffer_per_chunk_in_flight_still_gives_the_right_bytes(tmp_path: Path) -> None:
     _, _, device = gpu()
     data = write_model(tmp_path / "m.bin", 40 * CHUNK + 1)
-    options = SealOptions(
-        chunk_size_bytes=CHUNK,
-        staging_bytes=STAGING,
-        segment_bytes=SEGMENT,
-        staging_buffers=2,
-        reader_threads=4,
-        hash_threads=4,
-    )
+    options = dataclasses.replace(SEAL_OPTIONS, staging_buffers=2, reader_threads=4, hash_threads=4)
     resident, _ = seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=options)
     assert resident.manifest is not None and resident.manifest.digest == expected_digest(data)
     assert verify_resident(device, resident, options) == expected_chunks(data)
@@ -88,12 +74,12 @@ def test_one_staging_buffer_per_chunk_in_flight_still_gives_the_right_bytes(tmp_
 def test_a_changed_byte_in_device_memory_is_found_in_its_chunk(tmp_path: Path) -> None:
     _, _, device = gpu()
     write_model(tmp_path / "m.bin", 1 * MiB)
-    resident, _ = seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=OPTIONS)
+    resident, _ = seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=SEAL_OPTIONS)
     assert resident.manifest is not None
     offset = 9 * CHUNK + 100
     block, inner = resident.locate(offset)
     device.write_byte(block, inner, device.read_byte(block, inner) ^ 1)
-    assert resident.manifest.damaged_chunks(verify_resident(device, resident, OPTIONS)) == [9]
+    assert resident.manifest.damaged_chunks(verify_resident(device, resident, SEAL_OPTIONS)) == [9]
 
 
 @pytest.mark.parametrize(
@@ -110,7 +96,7 @@ def test_bad_files_raise_model_file_error_and_allocate_nothing(tmp_path: Path, m
     backend, _, device = gpu()
     path = make(tmp_path / "model.bin")
     with pytest.raises(ModelFileError, match=problem) as info:
-        seal_file(device, model="m", path=str(path), options=OPTIONS)
+        seal_file(device, model="m", path=str(path), options=SEAL_OPTIONS)
     assert info.value.details["path"] == str(path) and not info.value.retriable
     assert backend.our_bytes(0) == 0 and device.allocated_bytes == 0
 
@@ -127,7 +113,7 @@ def test_permission_denied_is_a_model_file_error(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(ModelFileError, match="permission denied") as info:
-        seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=OPTIONS)
+        seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=SEAL_OPTIONS)
     assert "readable" in info.value.user_message()
     assert backend.our_bytes(0) == 0
 
@@ -144,7 +130,7 @@ def test_a_file_truncated_while_streaming_frees_what_was_allocated(tmp_path: Pat
             truncated.set()
 
     with pytest.raises(ModelFileError, match="ended early") as info:
-        seal_file(device, model="m", path=str(path), options=OPTIONS, progress=shrink)
+        seal_file(device, model="m", path=str(path), options=SEAL_OPTIONS, progress=shrink)
     assert "truncated" in info.value.message
     assert truncated.is_set()
     assert backend.our_bytes(0) == 0 and device.allocated_bytes == 0
@@ -161,7 +147,7 @@ def test_a_file_that_grows_while_streaming_is_refused(tmp_path: Path) -> None:
                 f.write(b"more")
 
     with pytest.raises(ModelFileError, match="changed size"):
-        seal_file(device, model="m", path=str(path), options=OPTIONS, progress=grow)
+        seal_file(device, model="m", path=str(path), options=SEAL_OPTIONS, progress=grow)
     assert backend.our_bytes(0) == 0
 
 
@@ -176,7 +162,9 @@ def test_out_of_memory_part_way_frees_everything_and_is_retriable(tmp_path: Path
         clock.set(20.0)
 
     with pytest.raises(CudaAllocationFailed) as info:
-        seal_file(device, model="m", path=str(tmp_path / "m.bin"), options=OPTIONS, progress=foreign_grab)
+        seal_file(
+            device, model="m", path=str(tmp_path / "m.bin"), options=SEAL_OPTIONS, progress=foreign_grab
+        )
     assert info.value.retriable and info.value.to_problem()["error"] == "cuda_allocation_failed"
     assert "out of memory after 262144" in info.value.message
     assert backend.our_bytes(0) == before == 0 and device.allocated_bytes == 0
@@ -191,7 +179,7 @@ def test_cancel_stops_the_seal_and_frees_it(tmp_path: Path) -> None:
             device,
             model="m",
             path=str(tmp_path / "m.bin"),
-            options=OPTIONS,
+            options=SEAL_OPTIONS,
             progress=lambda d, t: cancel.set() if d >= 4 * CHUNK else None,
             cancel=cancel,
         )
