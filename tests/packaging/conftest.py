@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.dbus_session import PrivateBus, start_private_bus, wait_until
+from tests.fixtures.dbus_session import PrivateBus, start_private_bus
+from tests.fixtures.notify_desktop import Dunst, missing_binaries, start_xvfb
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "bundle-cache"
@@ -147,33 +148,19 @@ def home_env(home: Path, **extra: str) -> dict[str, str]:
 
 # --- a real notification server -------------------------------------------------------------------
 
-DUNSTRC = """[global]
-    stack_duplicates = false
-    notification_limit = 0
-    history_length = 100
-    sticky_history = true
-    font = DejaVu Sans 10
-"""
-
 
 @dataclass
 class NotificationServer:
-    bus: PrivateBus
-    display: str
+    """dunst (tests/fixtures/notify_desktop.py) as the self-test sees it: a session bus and a display."""
+
+    dunst: Dunst
 
     def env(self) -> dict[str, str]:
-        return {"DBUS_SESSION_BUS_ADDRESS": self.bus.address, "DISPLAY": self.display}
+        return {"DBUS_SESSION_BUS_ADDRESS": self.dunst.bus.address, "DISPLAY": self.dunst.display}
 
     def summaries(self) -> list[str]:
-        """The summaries of every notification dunst has shown: close them all, then `dunstctl history`
-        (it lists closed notifications only)."""
-        env = {**os.environ, **self.env()}
-        subprocess.run(["dunstctl", "close-all"], env=env, capture_output=True, timeout=10, check=True)
-        out = subprocess.run(
-            ["dunstctl", "history"], env=env, capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-        entries = json.loads(out)["data"][0]
-        return [entry["summary"]["data"] for entry in entries]
+        """The summaries of every notification dunst has shown, oldest first."""
+        return [entry["summary"] for entry in self.dunst.history()]
 
 
 @pytest.fixture
@@ -186,41 +173,17 @@ def private_bus(tmp_path: Path) -> Iterator[PrivateBus]:
 @pytest.fixture
 def notification_server(tmp_path: Path, private_bus: PrivateBus) -> Iterator[NotificationServer]:
     """dunst on its own Xvfb, owning org.freedesktop.Notifications on a private bus."""
-    for tool, package in (("Xvfb", "xvfb"), ("dunst", "dunst"), ("dunstctl", "dunst")):
-        if shutil.which(tool) is None:
-            pytest.fail(
-                f"{tool} is not installed: apt-get install {package} (or bash tools/install-system-deps.sh)"
-            )
-    read_end, write_end = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-        pass_fds=(write_end,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_end)
-    with os.fdopen(read_end) as display_number:
-        display = ":" + display_number.readline().strip()
-    config = tmp_path / "dunstrc"
-    config.write_text(DUNSTRC)
-    dunst = subprocess.Popen(
-        ["dunst", "-config", str(config)],
-        env={**private_bus.env(), "DISPLAY": display},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    missing = missing_binaries("Xvfb", "dunst", "dunstctl")
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: bash tools/install-system-deps.sh")
+    xvfb = start_xvfb()
+    dunst = Dunst(private_bus, xvfb.display, tmp_path)
     try:
-        if not wait_until(lambda: private_bus.name_has_owner("org.freedesktop.Notifications"), 10):
-            pytest.fail("dunst did not take org.freedesktop.Notifications within 10 s")
-        yield NotificationServer(private_bus, display)
+        dunst.start()
+        yield NotificationServer(dunst)
     finally:
-        for process in (dunst, xvfb):
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        dunst.stop()
+        xvfb.stop()
 
 
 # --- running the self-test -------------------------------------------------------------------------
