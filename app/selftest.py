@@ -316,9 +316,9 @@ def session_bus_address() -> str | None:
 
 
 async def _notify(address: str, version: str) -> CheckResult:
-    """One notification through the app's own backend (app/core/notify.py), as the running app sends them."""
-    from app.core.notify import DesktopNotifierBackend
-    from app.core.notify_text import NotificationText
+    """One notification through the app's own backend (app/core/notify/notifier.py), as the app sends them."""
+    from app.core.notify.notifier import DesktopNotifierBackend
+    from app.core.notify.text import NotificationText
 
     backend = DesktopNotifierBackend(call_timeout_s=DBUS_TIMEOUT_S)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 from app.cli.common import load_settings_or_exit
 from app.core.events import Event
-from app.core.messages import describe
+from app.core.notify.messages import describe
 
 
 def register(sub: Any) -> None:
@@ -49,7 +49,7 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
-    from app.core.notify import attach_notifications
+    from app.core.notify.notifier import attach_notifications
 
     attach_notifications(runtime)  # desktop notifications where a server runs, else the log
     if runtime.backend.name == "none":

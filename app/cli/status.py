@@ -42,9 +42,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.core.engine.status import build_status, format_status_table
     from app.core.errors import VramError
     from app.core.gpu.backend import GpuBackend
-    from app.core.status import build_status, format_status_table
 
     settings = load_settings_or_exit(args, check_files=False)
     extra: dict[str, object] = {}

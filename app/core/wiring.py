@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from app.core import paths
 from app.core.aio_thread import AsyncioThread
+from app.core.engine.steward import Steward
 from app.core.events import AuditLog
 from app.core.gpu.backend import GpuBackend, open_backend
 from app.core.gpu.simulated import SimulatedBackend
@@ -20,10 +21,9 @@ from app.core.holders import ModelHolder
 from app.core.policy.signals import GameSignal, GameSignalSource
 from app.core.residency.ledger import Ledgers
 from app.core.settings import Settings
-from app.core.steward import Steward
 
 if TYPE_CHECKING:
-    from app.core.api import ApiServer
+    from app.core.api.server import ApiServer
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +98,16 @@ def make_signals(
     exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
     if isinstance(backend, SimulatedBackend):
         return ScenarioSignals(backend)
-    from app.core.policy.exclusive_apps import ExclusiveApps
-    from app.core.policy.process_scan import ProcessScanner
     from app.core.policy.signals import CompositeSignals
-    from app.core.policy.steam import SteamGames
+    from app.core.signals.exclusive_apps import ExclusiveApps
+    from app.core.signals.process_scan import ProcessScanner
+    from app.core.signals.steam import SteamGames
 
     scanner = ProcessScanner(interval_s=settings.process_check_interval_secs, clock=clock)
     sources: list[GameSignalSource] = [SteamGames(scanner), ExclusiveApps(scanner, settings.exclusive_apps)]
     if aio is not None:
         try:
-            from app.core.policy.gamemode import GameModeWatcher
+            from app.core.signals.gamemode import GameModeWatcher
 
             # starts watching at once, never blocks; a change wakes the engine before its next tick
             sources.append(GameModeWatcher(aio, clock=clock, on_change=wake))
@@ -120,7 +120,7 @@ def watch_sleep(steward: Steward, aio: AsyncioThread, *, timeout_s: float = 3.5)
     """Evict before the system sleeps and reload after (logind PrepareForSleep on the system bus; inert
     without one). The sleep waits, under logind's delay lock, until our VRAM is released or timeout_s."""
     try:
-        from app.core.policy.sleep import SleepWatcher
+        from app.core.signals.sleep import SleepWatcher
     except Exception:
         logger.exception("the sleep watcher could not start")
         return None
@@ -209,8 +209,8 @@ def build_runtime(
         sleep_watcher=sleep_watcher,
     )
     if with_api and aio is not None:
-        from app.core.api import ApiServer, load_or_create_token
-        from app.core.metrics import StewardMetrics
+        from app.core.api.metrics import StewardMetrics
+        from app.core.api.server import ApiServer, load_or_create_token
 
         metrics = StewardMetrics(steward)
         api = ApiServer(

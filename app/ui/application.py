@@ -25,7 +25,7 @@ from app.core import config
 from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.errors import VramError
-from app.core.notify import (
+from app.core.notify.notifier import (
     DesktopNotifierBackend,
     LogNotifier,
     NotificationRouter,
@@ -33,7 +33,7 @@ from app.core.notify import (
     add_ignore_rule,
     command_for_action,
 )
-from app.core.notify_text import ACTION_SHOW, IGNORE_APP_PREFIX
+from app.core.notify.text import ACTION_SHOW, IGNORE_APP_PREFIX
 from app.core.settings import Settings
 from app.ui import presenter
 from app.ui.balloon import TrayBalloonNotifier

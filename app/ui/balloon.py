@@ -1,4 +1,4 @@
-"""The tray balloon: a Notifier (app.core.notify) for desktops with a system tray but no notification
+"""The tray balloon: a Notifier (app.core.notify.notifier) for desktops with a system tray but no notification
 server. Register it with `router.add_fallback(TrayBalloonNotifier(tray.icon))`.
 
 The router calls it on its asyncio thread; the balloon itself is shown on the GUI thread through a queued
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
 
-from app.core.notify_text import NotificationText, Urgency
+from app.core.notify.text import NotificationText, Urgency
 
 _ICONS = {
     Urgency.LOW: QSystemTrayIcon.MessageIcon.Information,

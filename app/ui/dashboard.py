@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from app import __version__
 from app.core import events as ev
 from app.core import paths
-from app.core.messages import describe
+from app.core.notify.messages import describe
 from app.ui.gauges import VramGauge
 from app.ui.presenter import ModelView, ProcessRow, TrayView
 from app.ui.timeline import TimelineHistory, TimelineWidget

@@ -17,7 +17,7 @@ from app.core.settings import Settings
 from app.core.units import GiB, format_bytes
 
 if TYPE_CHECKING:
-    from app.core.steward import StewardSnapshot
+    from app.core.engine.steward import StewardSnapshot
 
 APP_TITLE = "VRAM Steward"
 

@@ -29,7 +29,7 @@ ERROR_INTERVAL_S = 1.0  # after a failed tick
 
 
 class Engine(Protocol):
-    """What the worker needs from `app.core.steward.Steward`."""
+    """What the worker needs from `app.core.engine.steward.Steward`."""
 
     def step(self) -> Any: ...
 

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core import events as ev
+from app.core.api.metrics import DOCUMENTED, StewardMetrics
 from app.core.config import Settings
 from app.core.gpu.simulated import ManualClock
-from app.core.metrics import DOCUMENTED, StewardMetrics
 from app.core.units import GiB
 from app.core.wiring import Runtime, build_runtime
 from tests.fixtures.api_server import start_api

@@ -10,11 +10,11 @@ import jsonschema
 import pytest
 
 from app.core.config import Settings
+from app.core.engine.status import SCHEMA_VERSION, build_status, format_status_table, usage_bar
 from app.core.events import GameStarted, ModelsEvicted
 from app.core.gpu.null import NullBackend
 from app.core.gpu.simulated import ManualClock, SimulatedBackend
 from app.core.holders import ModelState, ModelStatus
-from app.core.status import SCHEMA_VERSION, build_status, format_status_table, usage_bar
 from app.core.units import GiB, MiB
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "status_schema.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.metrics import DOCUMENTED
+from app.core.api.metrics import DOCUMENTED
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "resources" / "prometheus"
 PROMTOOL = shutil.which("promtool")

@@ -14,7 +14,7 @@ from pytestqt.qtbot import QtBot
 from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.events import Event
-from app.core.notify import LogNotifier, NotificationRouter
+from app.core.notify.notifier import LogNotifier, NotificationRouter
 from app.ui.balloon import TrayBalloonNotifier
 
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from app.core.api_schema import openapi_document  # noqa: E402
+from app.core.api.schema import openapi_document  # noqa: E402
 from tests.fixtures.api_server import ApiHandle, start_api  # noqa: E402
 
 EXAMPLES_PER_OPERATION = 30

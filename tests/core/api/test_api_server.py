@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from app.client import ApiError, StewardClient
-from app.core.api import ApiServer, load_or_create_token
+from app.core.api.server import ApiServer, load_or_create_token
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.core.wiring import build_runtime

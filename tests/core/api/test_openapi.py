@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from app.core.api_schema import openapi_document, render
+from app.core.api.schema import openapi_document, render
 from tests.fixtures.api_server import ApiHandle
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 
 def test_docs_copy_is_current() -> None:
     assert DOCS.read_text() == render(), (
-        'docs/openapi.json is stale: run  python -c "from app.core.api_schema import write; write()"'
+        'docs/openapi.json is stale: run  python -c "from app.core.api.schema import write; write()"'
     )
 
 

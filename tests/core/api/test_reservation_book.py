@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.api_reservations import (
+from app.core.errors import InsufficientVram, InvalidInput
+from app.core.gpu.simulated import ManualClock
+from app.core.residency.ledger import Ledgers
+from app.core.residency.reservations import (
     QueueFull,
     ReservationBook,
     ReservationRequest,
@@ -13,9 +16,6 @@ from app.core.api_reservations import (
     UnknownReservation,
     parse_reservation_request,
 )
-from app.core.errors import InsufficientVram, InvalidInput
-from app.core.gpu.simulated import ManualClock
-from app.core.residency.ledger import Ledgers
 from app.core.units import GiB, MiB
 
 TOTAL = 12 * GiB

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core.policy.exclusive_apps import ExclusiveApps
-from app.core.policy.gamemode import GameModeWatcher
 from app.core.policy.signals import CompositeSignals
-from app.core.policy.steam import SteamGames
 from app.core.settings import Settings
+from app.core.signals.exclusive_apps import ExclusiveApps
+from app.core.signals.gamemode import GameModeWatcher
+from app.core.signals.steam import SteamGames
 from app.core.wiring import build_runtime
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.core.engine.steward import REFRESH_S, Steward
 from app.core.gpu.nvml import NvmlBackend
 from app.core.policy.contention import Command
 from app.core.policy.signals import GameSignal, ScriptedSignals
 from app.core.settings import Settings
-from app.core.steward import REFRESH_S, Steward
 from app.core.units import GiB, MiB
 from tests.fixtures.fake_nvml import FakeNvml, gpu_line, proc_line
 

@@ -14,7 +14,7 @@ import pytest
 
 from app.core.aio_thread import AsyncioThread
 from app.core.gpu.simulated import ManualClock
-from app.core.notify_text import NotificationText
+from app.core.notify.text import NotificationText
 from tests.fixtures.dbus_session import PrivateBus, start_private_bus
 from tests.fixtures.notify_desktop import Dunst, Xvfb, missing_binaries, start_xvfb
 

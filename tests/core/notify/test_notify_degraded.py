@@ -15,7 +15,7 @@ from app.core import events as ev
 from app.core.aio_thread import AsyncioThread
 from app.core.events import Event
 from app.core.gpu.simulated import ManualClock
-from app.core.notify import DesktopNotifierBackend, LogNotifier, NotificationRouter
+from app.core.notify.notifier import DesktopNotifierBackend, LogNotifier, NotificationRouter
 from tests.fixtures.dbus_session import PrivateBus, wait_until
 from tests.fixtures.notify_desktop import FakeNotificationServer
 
@@ -57,7 +57,7 @@ def warning(name: str = "Doom") -> ev.GameWarning:
 def test_no_server_on_the_bus_falls_back_to_the_log_without_blocking(
     private_bus: PrivateBus, router: NotificationRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.core.notify")
+    caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
     start = time.monotonic()
     router.handle(warning())
     assert time.monotonic() - start < 0.1
@@ -75,7 +75,7 @@ def test_no_session_bus_at_all_falls_back_to_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus-here'}")
-    caplog.set_level(logging.INFO, logger="app.core.notify")
+    caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
     router.handle(warning())
     router.handle(warning("Quake"))
     assert router.wait_idle(5)
@@ -88,7 +88,7 @@ def test_a_hung_server_times_out_and_the_app_goes_on(
 ) -> None:
     hung = FakeNotificationServer(private_bus.address, hang=True).start()
     try:
-        caplog.set_level(logging.INFO, logger="app.core.notify")
+        caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
         start = time.monotonic()
         router.handle(warning())
         assert time.monotonic() - start < 0.1, "handle() must hand over, never wait on D-Bus"

@@ -14,7 +14,7 @@ from app.core.aio_thread import AsyncioThread
 from app.core.config import Settings
 from app.core.events import Event
 from app.core.gpu.simulated import ManualClock
-from app.core.notify import (
+from app.core.notify.notifier import (
     DesktopNotifierBackend,
     LogNotifier,
     NotificationRouter,

@@ -15,7 +15,7 @@ from app.core.aio_thread import AsyncioThread
 from app.core.config import AppRule, Settings, load_settings
 from app.core.events import Event
 from app.core.gpu.simulated import ManualClock
-from app.core.notify import LogNotifier, NotificationRouter, add_ignore_rule, command_for_action
+from app.core.notify.notifier import LogNotifier, NotificationRouter, add_ignore_rule, command_for_action
 from app.core.policy.contention import Command
 from tests.core.notify.conftest import RecordingNotifier
 
@@ -152,7 +152,7 @@ def test_the_next_backend_takes_over_when_one_cannot(
 ) -> None:
     first, second = RecordingNotifier("desktop", mode), RecordingNotifier("balloon")
     router = make_router([first, second], aio, clock)
-    with caplog.at_level(logging.DEBUG, logger="app.core.notify"):
+    with caplog.at_level(logging.DEBUG, logger="app.core.notify.notifier"):
         router.handle(evicted())
         assert router.wait_idle(5)
     assert first.sent == [] and len(second.sent) == 1
@@ -167,7 +167,7 @@ def test_a_hung_backend_times_out_falls_back_to_the_log_and_is_skipped_for_a_whi
 ) -> None:
     hung = RecordingNotifier("desktop", "hang")
     router = make_router([hung, LogNotifier()], aio, clock, call_timeout_s=0.3, retry_after_s=60.0)
-    caplog.set_level(logging.INFO, logger="app.core.notify")
+    caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
     start = time.monotonic()
     router.handle(evicted())
     assert time.monotonic() - start < 0.1, "handle() must not wait for the server"
@@ -232,7 +232,7 @@ def test_after_the_loop_stopped_a_notification_goes_to_the_log(
     aio.start()
     router = make_router([RecordingNotifier("desktop")], aio, clock)
     aio.stop()
-    caplog.set_level(logging.INFO, logger="app.core.notify")
+    caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
     router.handle(evicted())
     assert "no asyncio loop" in caplog.text and "Cyberpunk 2077 started" in caplog.text
     router.close()
@@ -245,7 +245,7 @@ def test_close_drops_held_back_bursts_and_is_idempotent(
     router = make_router([shown], aio, clock)
     router.handle(refused(1))
     router.handle(refused(2))
-    caplog.set_level(logging.INFO, logger="app.core.notify")
+    caplog.set_level(logging.INFO, logger="app.core.notify.notifier")
     router.close()
     router.close()
     assert "1 held-back notification(s) dropped" in caplog.text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.core import events as ev
-from app.core.notify_text import (
+from app.core.notify.text import (
     NotificationText,
     Urgency,
     format_duration,

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from app.core.policy.exclusive_apps import ExclusiveApps, matching_entry, normalize_app_name
-from app.core.policy.process_scan import (
+from app.core.policy.signals import CompositeSignals, GameSignal, merge
+from app.core.signals.exclusive_apps import ExclusiveApps, matching_entry, normalize_app_name
+from app.core.signals.process_scan import (
     ProcessInfo,
     ProcessScanner,
     read_proc_directly,
     read_process_table,
     read_with_psutil,
 )
-from app.core.policy.signals import CompositeSignals, GameSignal, merge
 
 
 def test_a_process_on_the_list_is_a_signal_and_one_not_on_it_is_not(spawn, clock) -> None:

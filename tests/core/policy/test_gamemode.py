@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.core.aio_thread import AsyncioThread
-from app.core.policy.gamemode import GAMEMODE_NAME, GameModeWatcher
+from app.core.signals.gamemode import GAMEMODE_NAME, GameModeWatcher
 from tests.fixtures.dbus_session import GameModeDaemon, PrivateBus, start_private_bus, wait_until
 
 
@@ -117,7 +117,7 @@ def test_no_session_bus_at_all_reports_no_games_and_logs_once_at_info(
 ) -> None:
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    caplog.set_level(logging.INFO, logger="app.core.policy.gamemode")
+    caplog.set_level(logging.INFO, logger="app.core.signals.gamemode")
     watcher = GameModeWatcher(aio, clock=clock)
     watcher.start().result(timeout=5)
     assert watcher.status == "no_bus"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.policy.process_scan import IncrementalProcReader, read_proc_directly
+from app.core.signals.process_scan import IncrementalProcReader, read_proc_directly
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

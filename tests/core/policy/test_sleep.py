@@ -12,7 +12,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from app.core.aio_thread import AsyncioThread
-from app.core.policy.sleep import LOGIN1_MANAGER, LOGIN1_NAME, LOGIN1_PATH, SleepWatcher
+from app.core.signals.sleep import LOGIN1_MANAGER, LOGIN1_NAME, LOGIN1_PATH, SleepWatcher
 from tests.fixtures.dbus_session import PrivateBus, wait_until
 
 

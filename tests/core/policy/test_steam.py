@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable
-from app.core.policy.steam import (
+from app.core.signals.process_scan import ProcessInfo, ProcessScanner, ProcessTable
+from app.core.signals.steam import (
     SteamGames,
     find_game_process,
     name_from_cmdline,

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.core.config import ServerConfig, Settings
+from app.core.engine.steward import Steward
 from app.core.events import Event
 from app.core.policy.contention import Command
 from app.core.servers.ollama import OllamaHolder
-from app.core.steward import Steward
 from app.core.units import GiB
 from app.core.wiring import ScenarioSignals, build_runtime
 from tests.fixtures.servers.ollama_standin import OllamaStandIn, PulledModel

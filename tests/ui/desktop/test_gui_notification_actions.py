@@ -11,7 +11,7 @@ from typing import Any
 from app.core import config
 from app.core import events as ev
 from app.core.config import AppRule
-from app.core.notify import LogNotifier
+from app.core.notify.notifier import LogNotifier
 from app.ui.application import GuiNotifications, StewardApp
 from app.ui.worker import StewardWorker, runtime_services_stopper
 from tests.fixtures.ui_engine import SteppedSteward

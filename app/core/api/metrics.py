@@ -21,10 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from app.core import events as ev
+from app.core.engine.steward import Steward
 from app.core.events import Event
 from app.core.gpu.snapshot import GpuState
 from app.core.holders import ModelState
-from app.core.steward import Steward
 
 logger = logging.getLogger(__name__)
 

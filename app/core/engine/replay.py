@@ -57,7 +57,7 @@ def replay(
 def iter_lines(result: ReplayResult, *, as_json: bool, skip_progress: bool = True) -> Iterator[str]:
     import json
 
-    from app.core.messages import describe
+    from app.core.notify.messages import describe
 
     for event in result.events:
         if skip_progress and event.kind == "LoadProgress":

@@ -20,7 +20,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from app.core.aio_thread import AsyncioThread
-from app.core.policy import dbus_calls
+from app.core.signals import dbus_calls
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from app.core.aio_thread import AsyncioThread
 from app.core.events import Event
-from app.core.notify_text import (
+from app.core.notify.text import (
     ACTION_EVICT_NOW,
     ACTION_RESUME,
     ACTION_SHOW,

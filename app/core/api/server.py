@@ -23,17 +23,17 @@ from aiohttp import web
 
 from app import __version__
 from app.core import paths
-from app.core.api_reservations import (
+from app.core.api.schema import MAX_LONG_POLL_S, openapi_document
+from app.core.engine.steward import Steward, StewardSnapshot
+from app.core.errors import InvalidInput, VramError
+from app.core.policy.contention import Command
+from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S
+from app.core.residency.reservations import (
     ReservationBook,
     ReservationState,
     parse_reservation_request,
     parse_seconds,
 )
-from app.core.api_schema import MAX_LONG_POLL_S, openapi_document
-from app.core.errors import InvalidInput, VramError
-from app.core.policy.contention import Command
-from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S
-from app.core.steward import Steward, StewardSnapshot
 
 logger = logging.getLogger(__name__)
 

@@ -69,7 +69,7 @@ class StewardSnapshot:
 
     def to_status(self, settings: Settings | None = None) -> dict[str, Any]:
         """The `status --json` document (docs/status-json.md)."""
-        from app.core.status import build_status
+        from app.core.engine.status import build_status
 
         extra: dict[str, Any] = {
             "reasons": list(self.reasons),

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 from app.core.policy.signals import GameSignal
+from app.core.signals.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 
 
 def normalize_app_name(name: str) -> str:

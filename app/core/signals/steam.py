@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.core.policy.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 from app.core.policy.signals import GameSignal
+from app.core.signals.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 
 logger = logging.getLogger(__name__)
 

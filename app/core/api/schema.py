@@ -2,7 +2,7 @@
 
 Built here, in code next to the server, so the two cannot drift apart: a test compares docs/openapi.json with
 `openapi_document()`, and the fuzz test (tests/core/api/test_api_fuzz.py) drives every operation from it.
-Regenerate the file with `python -c "from app.core.api_schema import write; write()"`.
+Regenerate the file with `python -c "from app.core.api.schema import write; write()"`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.core.api_reservations import DEFAULT_TTL_S, MAX_HOLDER_CHARS, MAX_TTL_S, MAX_WAIT_S
+from app.core.residency.reservations import DEFAULT_TTL_S, MAX_HOLDER_CHARS, MAX_TTL_S, MAX_WAIT_S
 
 MAX_LONG_POLL_S = 60.0
 DOCS_FILE = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"

@@ -1,0 +1,1 @@
+"""The local HTTP API (the one control channel), its OpenAPI schema and the Prometheus metrics."""
