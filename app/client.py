@@ -158,12 +158,18 @@ class StewardClient:
     ) -> None:
         endpoint_file = (state_dir / "api-endpoint.json") if state_dir else paths.api_endpoint_file()
         token_file = (state_dir / "api-token") if state_dir else paths.api_token_file()
+        self.engine_pid: int | None = None  # the pid the endpoint file names, when it came from there
         if base_url is None:
+            from app.core.api.endpoint import StaleEndpoint, read_live_endpoint
+
             try:
-                data = json.loads(endpoint_file.read_text())
-                base_url = f"http://{data['host']}:{data['port']}"
-            except (OSError, ValueError, KeyError) as exc:
-                raise NotRunning(f"no endpoint file at {endpoint_file}") from exc
+                endpoint = read_live_endpoint(endpoint_file)
+            except StaleEndpoint as exc:  # never send the token to whatever listens there now
+                raise NotRunning(exc.message) from exc
+            if endpoint is None:
+                raise NotRunning(f"no endpoint file at {endpoint_file}")
+            base_url = endpoint.url
+            self.engine_pid = endpoint.pid
         if token is None:
             try:
                 token = token_file.read_text().strip()

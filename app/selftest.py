@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from app.core.resources import APP_ICON, icons_dir, shipped_icon_names
+
 OK, ABSENT, FAIL = "ok", "absent", "FAIL"
 SPAWN_TIMEOUT_S = 90.0  # a cold start of the bundle on a slow disk imports PySide6-free code, CuPy, NumPy
 DBUS_TIMEOUT_S = 3.0
-APP_ICON = "vram-steward"
-ICON_SIZES_PX = (48, 128, 256)
 MAX_DETAIL_CHARS = 400
 CUDA_DID_NOT_START = "CUDA could not start"  # what the host says when CuPy imported but CUDA has no GPU
 
@@ -47,11 +47,6 @@ class CheckResult:
         if len(detail) > MAX_DETAIL_CHARS:
             detail = detail[: MAX_DETAIL_CHARS - 3] + "..."
         return f"{self.part}: {self.status}" + (f" ({detail})" if detail else "")
-
-
-def icons_dir() -> Path:
-    """resources/icons beside the `app` package: the source checkout, and the bundle's layout too."""
-    return Path(__file__).resolve().parents[1] / "resources" / "icons"
 
 
 class SelfTest:
@@ -271,8 +266,8 @@ class SelfTest:
 
 
 def required_icons() -> list[str]:
-    """The app icon (SVG and PNGs) and every tray state's SVG."""
-    names = {f"{APP_ICON}.svg", *(f"{APP_ICON}-{size}.png" for size in ICON_SIZES_PX)}
+    """The app icon (SVG and PNGs) and every tray state's SVG, as the presenter names them too."""
+    names = set(shipped_icon_names())
     try:
         from app.ui.presenter import STATES
 

@@ -25,7 +25,8 @@ if [ -z "$BUNDLE" ] || [ ! -x "$BUNDLE/vram-steward" ]; then
 fi
 BUNDLE="$(cd "$BUNDLE" && pwd)"
 RESOURCES="$BUNDLE/_internal/resources"
-for needed in "$RESOURCES/vram-steward.desktop" "$RESOURCES/icons/vram-steward.svg"; do
+ICONS="$BUNDLE/_internal/app/data/icons"  # where app/core/resources.py finds them too
+for needed in "$RESOURCES/vram-steward.desktop" "$ICONS/vram-steward.svg"; do
   if [ ! -f "$needed" ]; then
     echo "error: $needed is missing: the bundle is incomplete; rebuild it with \`make bundle\`" >&2
     exit 1
@@ -90,9 +91,9 @@ sed -e "s|^Exec=vram-steward|Exec=$launcher|" -e "s|^TryExec=vram-steward|TryExe
 mv "$APPS_DIR/vram-steward.desktop.tmp" "$APPS_DIR/vram-steward.desktop"
 
 for size in "${SIZES[@]}"; do
-  install -m 0644 "$RESOURCES/icons/vram-steward-$size.png" "$ICONS_DIR/${size}x${size}/apps/vram-steward.png"
+  install -m 0644 "$ICONS/vram-steward-$size.png" "$ICONS_DIR/${size}x${size}/apps/vram-steward.png"
 done
-install -m 0644 "$RESOURCES/icons/vram-steward.svg" "$ICONS_DIR/scalable/apps/vram-steward.svg"
+install -m 0644 "$ICONS/vram-steward.svg" "$ICONS_DIR/scalable/apps/vram-steward.svg"
 
 echo "installed VRAM Steward into $LIB_DIR"
 echo "  start it from your applications menu, or run: $launcher"

@@ -1,4 +1,4 @@
-"""Render resources/icons/vram-steward.svg to the PNG sizes the desktop needs (48, 128, 256 px).
+"""Render app/data/icons/vram-steward.svg to the PNG sizes the desktop needs (48, 128, 256 px).
 
 Run after editing the SVG, and commit the PNGs: `.venv/bin/python packaging/render_icons.py`.
 Uses Qt's own SVG renderer offscreen, so no display and no extra tool is needed.
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-ICONS = Path(__file__).resolve().parents[1] / "resources" / "icons"
+ICONS = Path(__file__).resolve().parents[1] / "app" / "data" / "icons"
 SVG = ICONS / "vram-steward.svg"
 SIZES_PX = (48, 128, 256)
 

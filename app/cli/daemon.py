@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("daemon", help="run headless: watch the GPU, evict and resume, serve the local API")
     p.add_argument("--simulate", metavar="SCENARIO", help="run on a simulated GPU (a scenario name or file)")
     p.add_argument("--no-api", action="store_true", help="do not start the local HTTP API")
-    p.add_argument("--port", type=int, help="API port (default: api_port from the config)")
+    p.add_argument("--port", type=int, help="API port (default: api_port from the config; 0: any free port)")
     p.add_argument("--quiet", action="store_true", help="do not print events to the terminal")
     p.set_defaults(func=run)
 
@@ -27,8 +27,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
+    """Refuses (exit 1) while another engine of this user runs, tray app or daemon; else runs until
+    SIGINT, SIGTERM or SIGHUP, then shuts down in order (VRAM released first) and exits 0."""
+    from app.core.instance import AlreadyRunning, acquire_engine_lock
+
+    try:
+        lock = acquire_engine_lock("daemon")
+    except AlreadyRunning as exc:
+        print(f"error: {exc.user_message()}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        return _run_daemon(args, notice)
+    finally:
+        lock.release()
+
+
+def _run_daemon(args: argparse.Namespace, notice: str | None) -> int:
     import dataclasses
 
+    from app.core.api.endpoint import ApiPortUnavailable
     from app.core.first_run import take_first_run_notice
     from app.core.wiring import build_runtime
 
@@ -42,6 +59,11 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
             print(text, flush=True)
     try:
         runtime = build_runtime(settings, simulate=simulate, with_api=not getattr(args, "no_api", False))
+    except ApiPortUnavailable as exc:  # which port, which key to change: not a raw [Errno 98]
+        problem = ApiPortUnavailable(exc.host, exc.port, exc.cause, config_file=settings.source)
+        problem.suggestions.append("Or start the daemon with `--port N` (`--port 0`: any free port)")
+        print(f"error: {problem.user_message()}", file=sys.stderr, flush=True)
+        return 2
     except Exception as exc:  # a clear line, not a traceback, for what a user can fix
         from app.core.errors import VramError
 
@@ -79,6 +101,8 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):  # the terminal closed, or `kill -HUP`: the same ordered stop
+        signal.signal(signal.SIGHUP, on_signal)
     runtime.start_worker()
     print("VRAM Steward daemon running; Ctrl+C to stop.", flush=True)
     while not done.wait(0.5):

@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
 def run_gui(args: argparse.Namespace) -> int:
     from PySide6.QtWidgets import QApplication
 
+    from app.core.errors import VramError
     from app.core.first_run import take_first_run_notice
+    from app.core.instance import AlreadyRunning, acquire_engine_lock, private_runtime_dir
     from app.ui.single_instance import SingleInstance, hand_over_to_running
 
     # Before loading: on the first run this writes the commented default file, which is then loaded.
@@ -141,14 +143,45 @@ def run_gui(args: argparse.Namespace) -> int:
     app.setApplicationDisplayName("VRAM Steward")
     app.setDesktopFileName("vram-steward")
     app.setQuitOnLastWindowClosed(False)
+    try:
+        private_runtime_dir()  # the 0700 folder of the tray's socket and the engine lock
+    except (VramError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     if hand_over_to_running():
         print("VRAM Steward is already running: brought its dashboard to the front.", flush=True)
         return 0
-    instance = SingleInstance()
+    try:
+        lock = acquire_engine_lock("tray")
+    except AlreadyRunning as exc:  # a daemon (or a tray that did not answer) runs: say so and whom to stop
+        show_cannot_start(exc)
+        return 1
+    try:
+        return _run_tray(app, args, settings, welcome, SingleInstance)
+    finally:
+        lock.release()
+
+
+def show_cannot_start(exc: Any) -> None:
+    """Why the tray app does not start: on stderr, and in a dialog where a display shows one."""
+    text = exc.user_message()
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0].strip()
+    if platform in HEADLESS_PLATFORMS:
+        return
+    from PySide6.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Icon.Warning, "VRAM Steward is already running", exc.message)
+    box.setInformativeText("\n".join(exc.suggestions))
+    box.exec()
+
+
+def _run_tray(app: Any, args: argparse.Namespace, settings: Any, welcome: str | None, single: Any) -> int:
+    instance = single()
     instance.listen()
 
     notices = choose_backend(args)
-    runtime = _build_runtime(settings, args, notices)
+    runtime, api_problem = _build_runtime(settings, args, notices)
     if runtime is None:
         return 2
     config_path = getattr(args, "config", None) or settings.source
@@ -158,7 +191,10 @@ def run_gui(args: argparse.Namespace) -> int:
         if notice:
             print(notice, flush=True)
     steward_app.start()
+    if api_problem is not None:  # visible, not "harmless": the CLI and clients cannot reach this engine
+        steward_app.tray.show_message("VRAM Steward: the local API did not start", api_problem)
     keep = quit_on_signals(steward_app.quit)
+    logger.info("tray app running (pid %d); SIGTERM, SIGINT and SIGHUP quit it in order", os.getpid())
     try:
         return int(app.exec())
     finally:
@@ -217,27 +253,41 @@ def quit_on_signals(quit_app: Any) -> Any:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_signal)
     return (reader, writer, notifier)
 
 
-def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) -> Any:
+def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) -> tuple[Any, str | None]:
+    """The runtime, and what to tell the user when it runs without its API (the port is taken)."""
+    from app.core.api.endpoint import ApiPortUnavailable
     from app.core.errors import VramError
     from app.core.wiring import build_runtime
 
+    simulate = getattr(args, "simulate", None)
     with_api = not getattr(args, "no_api", False)
+    api_problem: str | None = None
     try:
-        return build_runtime(settings, simulate=getattr(args, "simulate", None), with_api=with_api)
+        return build_runtime(settings, simulate=simulate, with_api=with_api), None
+    except ApiPortUnavailable as exc:
+        problem = ApiPortUnavailable(exc.host, exc.port, exc.cause, config_file=settings.source)
+        api_problem = problem.user_message()
+        logger.warning("%s", api_problem)
+        notices.append(api_problem)
     except OSError as exc:
         if not with_api:
             print(f"error: {exc}", file=sys.stderr)
-            return None
-        logger.warning("the local API could not start: %s", exc)
-        notices.append(f"The local API did not start ({exc}); the app works without it.")
+            return None, None
+        api_problem = (
+            f"The local API did not start ({exc}); `vram-steward status|pause|resume` cannot reach it."
+        )
+        logger.warning("%s", api_problem)
+        notices.append(api_problem)
     except VramError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
-        return None
+        return None, None
     try:
-        return build_runtime(settings, simulate=getattr(args, "simulate", None), with_api=False)
+        return build_runtime(settings, simulate=simulate, with_api=False), api_problem
     except (OSError, VramError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return None
+        return None, None

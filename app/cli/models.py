@@ -250,7 +250,7 @@ class _Session:
                 f"  file changed since the last seal: {'yes' if sealed.file_changed else 'no'}\n"
             )
         if action == "verify":
-            verified = self.manager.verify(name)
+            verified = self.manager.verify_now(name)
             out.write(
                 f"Verified {name}: VRAM matches digest {verified.digest[:16]}… ({verified.seconds:.2f} s)\n"
             )

@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.engine.replay import iter_lines, replay
     from app.core.errors import VramError
+    from app.core.replay import iter_lines, replay
 
     settings = load_settings_or_exit(args, check_files=False)
     try:

@@ -1,4 +1,5 @@
-"""`vram-steward status [--json] [--simulate SCENARIO] [--at SECONDS]`: one telemetry snapshot, now."""
+"""`vram-steward status [--json] [--simulate SCENARIO] [--at SECONDS]`: one snapshot, now: the running
+engine's (through its API), else the GPU sampled by this command."""
 
 from __future__ import annotations
 
@@ -41,12 +42,29 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+ENGINE_WAIT_S = 3.0  # how long to wait for an engine that is still taking its first sample
+KIND_WORDS = {"daemon": "daemon", "tray": "tray app"}
+
+
 def run(args: argparse.Namespace) -> int:
+    """Asks the running engine (tray app or daemon) through its API first: its document has the models and
+    the processes' roles. With no engine (or with --simulate) it samples the GPU itself and says so."""
     from app.core.engine.status import build_status, format_status_table
     from app.core.errors import VramError
     from app.core.gpu.backend import GpuBackend
 
     settings = load_settings_or_exit(args, check_files=False)
+    why_direct = "--simulate reads the scenario directly"
+    if args.simulate is None and not args.at:
+        from_engine, why_direct = ask_engine()
+        if from_engine is not None:
+            if args.json:
+                print(json.dumps(from_engine, indent=2))
+            else:
+                print(format_status_table(from_engine))
+                print("")
+                print(engine_line(from_engine["engine"]))
+            return 0
     extra: dict[str, object] = {}
     events: tuple[Any, ...] = ()
     backend: GpuBackend
@@ -72,11 +90,59 @@ def run(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     status = build_status(telemetry, settings=settings, events=events, extra=extra)
+    status["source"] = status["backend"]  # read here, not by an engine: no models, no roles
+    status["engine"] = None
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(format_status_table(status))
+        if status["backend"] != "none":
+            what = "the simulated GPU" if args.simulate is not None else "NVML"
+            print("")
+            print(f"Read from {what} by this command: {why_direct}, so models and process roles are unknown.")
     return 0
+
+
+def ask_engine(wait_s: float = ENGINE_WAIT_S) -> tuple[dict[str, Any] | None, str]:
+    """The running engine's status document with `source` and `engine` added, or (None, why not). The token
+    goes only to an engine whose endpoint file was written by a process that still runs."""
+    import time
+
+    from app.client import NO_RETRIES, ApiError, StewardClient
+    from app.core.errors import VramError
+    from app.core.instance import read_holder
+
+    holder = read_holder()
+    try:
+        client = StewardClient(timeout_s=wait_s, retry=NO_RETRIES)
+    except VramError as exc:
+        if holder is not None:
+            who = f"the {KIND_WORDS.get(holder.kind, holder.kind)}, pid {holder.pid}"
+            return None, f"VRAM Steward runs as {who} without its API (--no-api, or its port was taken)"
+        return None, exc.message
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            status = client.request("GET", "/v1/status", timeout_s=wait_s)
+            break
+        except ApiError as exc:
+            if exc.status == 503 and time.monotonic() < deadline:  # still taking its first sample
+                time.sleep(0.2)
+                continue
+            return None, f"the engine at {client.base_url} answered {exc.status}: {exc.message}"
+        except VramError as exc:
+            return None, exc.message
+    pid = client.engine_pid
+    kind = holder.kind if holder is not None and holder.pid == pid else None
+    status["source"] = "engine"
+    status["engine"] = {"pid": pid, "kind": kind, "url": client.base_url}
+    return status, ""
+
+
+def engine_line(engine: dict[str, Any]) -> str:
+    who = KIND_WORDS.get(engine.get("kind") or "", "engine")
+    pid = engine.get("pid")
+    return f"From the running {who}" + (f", pid {pid}" if pid is not None else "") + f" ({engine['url']})."
 
 
 def _open_real_backend() -> Any:

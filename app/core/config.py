@@ -14,17 +14,14 @@ The file layout is documented in docs/config.md; the commented default file is a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import enum
 import importlib.resources
-import ipaddress
 import logging
 import math
 import os
 import re
-import tempfile
 import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -36,7 +33,9 @@ import tomlkit
 import tomlkit.items
 
 from app.core import paths
+from app.core.atomic import write_atomic
 from app.core.errors import MISSING, ConfigError
+from app.core.loopback import is_loopback
 from app.core.settings import AppRule, ModelConfig, ServerConfig, Settings
 from app.core.units import GiB, KiB, MiB, SizeParseError, TiB, parse_size
 
@@ -244,7 +243,8 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
           "At most one notification of each kind per this many seconds.", "Notifications",
           unit="s", minimum=0, maximum=3600),
     _spec("api_host", _T, "API address", "The address the control API listens on.", "API"),
-    _spec("api_port", _I, "API port", "The TCP port of the control API.", "API", minimum=1, maximum=65535),
+    _spec("api_port", _I, "API port", "The TCP port of the control API; 0 takes any free port.", "API",
+          minimum=0, maximum=65535),
     _spec("allow_remote_api", _B, "Allow remote API",
           "Allow a non-loopback API address (reachable from the network).", "API"),
 )  # fmt: skip
@@ -596,7 +596,7 @@ def _write_migration(path: Path, original: bytes, new_text: str, version: int) -
             out.flush()
             os.fsync(out.fileno())
         try:
-            _write_atomic(target, new_text)
+            write_atomic(target, new_text)
         except OSError:
             backup.unlink()  # the original is still in place: no backup piling up at every start
             raise
@@ -633,15 +633,6 @@ def _unknown(problems: _Problems, where: tuple[str, ...], value: object, known: 
     else:
         hint = "one of the keys in docs/config.md"
     problems.add(where, value, f"a known key; did you mean {hint}" if close else f"a known key: {hint}")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_url(url: str) -> str | None:
@@ -728,7 +719,7 @@ def _validate_scalars(raw: Mapping[str, Any], problems: _Problems) -> dict[str, 
             problems.add((key,), value, str(exc))
 
     merged = {s.key: s.default for s in SETTING_SPECS} | values
-    if "api_host" in values and not merged["allow_remote_api"] and not _is_loopback(merged["api_host"]):
+    if "api_host" in values and not merged["allow_remote_api"] and not is_loopback(merged["api_host"]):
         problems.add(
             ("api_host",),
             merged["api_host"],
@@ -859,7 +850,7 @@ def ensure_default_config(path: Path | None = None) -> bool:
     if path.exists() or path.is_symlink():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, default_config_text(), new_mode=0o644)
+    write_atomic(path, default_config_text())
     logger.info("wrote the default settings file %s", path)
     return True
 
@@ -910,7 +901,7 @@ def save_settings(settings: Settings, path: Path) -> Settings:
         )
     if new_text != text or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(_real_path(path), new_text, new_mode=0o644)
+        write_atomic(_real_path(path), new_text)
     return dataclasses.replace(saved, source=path)
 
 
@@ -999,46 +990,12 @@ def _apply_table(doc: tomlkit.TOMLDocument, key: str, current: Settings, new: Se
                 table[name] = value
 
 
-# --- atomic writes -------------------------------------------------------------------------------
+# --- symlinked settings files --------------------------------------------------------------------
 
 
 def _real_path(path: Path) -> Path:
     """The file a symlinked config points at (so a dotfiles symlink stays a symlink)."""
     return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _write_atomic(path: Path, text: str, *, new_mode: int = 0o644) -> None:
-    """Replace `path` with `text`: a temp file in the same folder, fsync, os.replace, keeping the mode."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = new_mode
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the data itself is already synced
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = [

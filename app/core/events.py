@@ -230,6 +230,18 @@ class Unpaused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SettingsApplied(Event):
+    """New settings reached every part of the engine (policy, classifier, ledgers, signals, holders)."""
+
+    changed: tuple[str, ...]  # the keys that changed, for people
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowRequested(Event):
+    """Someone asked to see VRAM Steward (`vram-steward show`, POST /v1/show, a notification's click)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineError(Event):
     severity: ClassVar[Severity] = Severity.ERROR
     where: str
@@ -378,6 +390,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BackendProblem,
         Paused,
         Unpaused,
+        SettingsApplied,
+        ShowRequested,
         EngineError,
         ServerDown,
         ServerUp,

@@ -1,14 +1,17 @@
-"""The ModelHolder protocol: what the engine needs from anything that holds models in VRAM (the built-in
-residency manager, and later the adapters for Ollama, llama.cpp's server and llama-swap)."""
+"""The holder contract: what the engine needs from anything that holds VRAM on the user's behalf (the
+built-in residency, the model-server adapters, and the next kinds: frozen processes, generic commands)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.core.errors import InvalidInput
 from app.core.events import Event
+from app.core.settings import Settings
 
 
 class ModelState(enum.StrEnum):
@@ -52,33 +55,87 @@ class ModelStatus:
         }
 
 
-class ModelHolder(Protocol):
-    """Anything that holds models in VRAM on our behalf. Calls are made from the engine's worker thread only.
+class HolderRole(enum.StrEnum):
+    """What a holder's processes are to the classifier: our own (`self`: the residency host, whose VRAM is
+    the models' own) or an app we manage (`managed`: a model server's runners, a frozen process)."""
 
-    `start_load` returns at once; progress and completion arrive through `poll()`. `evict` is synchronous
-    and fast: it frees the VRAM (cancelling loads in flight) before it returns.
+    SELF = "self"
+    MANAGED = "managed"
+
+
+class Holder(Protocol):
+    """Anything that holds VRAM on the user's behalf: the built-in residency, model servers and AI apps,
+    and (later) frozen processes and generic stop/start commands. The engine calls every method from its
+    worker thread only, and every method returns at once: a holder does its I/O (HTTP, a host's pipe, the
+    driver's checkpoint calls) on its own threads with a deadline on the whole operation, and reports
+    what happened through `poll()` in a later tick. The engine never asks which kind of holder it talks
+    to: what differs between kinds is in the answers below.
     """
 
-    name: str
+    name: str  # "builtin", "ollama", ... (for people and the status document; never tested by the engine)
+    role: HolderRole
 
-    def models(self) -> Sequence[ModelStatus]: ...
-
-    def pids(self) -> set[int]:
-        """PIDs of processes that hold VRAM for this holder (role `self` or `managed`)."""
+    def models(self) -> Sequence[ModelStatus]:
+        """The last known state of every model it holds or knows (never asks anyone: no I/O)."""
         ...
 
-    def start_load(self, model: str) -> None: ...
+    def pids(self) -> set[int]:
+        """PIDs of the processes that hold VRAM for this holder, as last seen."""
+        ...
 
-    def evict(self, models: Sequence[str], reason: str) -> Sequence[Event]: ...
+    def start_load(self, model: str) -> None:
+        """Start loading (or restoring) `model`. Progress and the outcome arrive through `poll()`. Raises a
+        VramError at once when it can tell at once that the load cannot happen (e.g. admission)."""
+        ...
+
+    def evict(self, models: Sequence[str], reason: str) -> Sequence[Event]:
+        """Start freeing `models` (cancelling loads in flight); they are restored on resume. Returns what is
+        already known (the models' state is EVICTED from now on); the rest arrives through `poll()`."""
+        ...
 
     def unload(self, model: str) -> Sequence[Event]:
         """The user's unload: like evict, but the model is not restored on resume."""
         ...
 
     def poll(self) -> Sequence[Event]:
-        """Progress, completed loads, a host that died. Never blocks."""
+        """Collect what the holder's own threads finished since the last call. Never blocks."""
         ...
 
-    def close(self) -> None:
-        """Free everything and stop (ordered shutdown)."""
+    def set_hold(self, reason: str | None) -> None:
+        """The policy keeps the GPU free for `reason` ("game", "pause", "user"; None: not any more): a holder
+        whose clients can load models behind our back (a model server) frees them again while held."""
         ...
+
+    def verify(self, model: str) -> concurrent.futures.Future[Event]:
+        """Check that what `model` holds in VRAM is intact. The future completes off the engine thread
+        with the result event, or fails with a VramError (VerifyUnsupported where the holder cannot)."""
+        ...
+
+    def update_settings(self, settings: Settings) -> None:
+        """Settings changed while running (applied on the engine thread)."""
+        ...
+
+    def close(self) -> Sequence[Event]:
+        """Ordered shutdown: free what VRAM Steward itself holds (a server's models are the user's and stay
+        as they are) and stop; bounded in time. Returns the events of what it freed."""
+        ...
+
+
+ModelHolder = Holder  # the name the first version used
+
+
+class VerifyUnsupported(InvalidInput):
+    """The holder cannot check its models' bytes (a model server owns them, not VRAM Steward)."""
+
+    code = "verify_unsupported"
+
+
+def unsupported_verify(model: str, holder: str) -> concurrent.futures.Future[Event]:
+    """What `verify` returns for a holder that cannot verify."""
+    future: concurrent.futures.Future[Event] = concurrent.futures.Future()
+    future.set_exception(
+        VerifyUnsupported(
+            f"{model!r} is held by {holder}, not sealed by VRAM Steward itself, so it cannot be verified"
+        )
+    )
+    return future

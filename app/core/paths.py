@@ -43,17 +43,24 @@ def api_endpoint_file() -> Path:
     return state_dir() / "api-endpoint.json"
 
 
-def app_icon_file() -> Path | None:
-    """The app's PNG icon: in the checkout (resources/icons) or inside a PyInstaller bundle; None when this
-    install has no icon file (then the icon theme's "vram-steward", installed by packaging/install.sh)."""
-    import sys
+def runtime_dir() -> Path:
+    """Per-user runtime files (the engine lock, the tray's single-instance socket):
+    $XDG_RUNTIME_DIR/vram-steward, else `run/` under the state dir (VRAM_STEWARD_RUNTIME_DIR overrides both).
+    Only a path: `app.core.instance.private_runtime_dir()` creates it with mode 0700."""
+    override = os.environ.get("VRAM_STEWARD_RUNTIME_DIR")
+    if override:
+        return Path(override)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / APP_NAME
+    return state_dir() / "run"
 
-    roots = [Path(__file__).resolve().parents[2]]
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        roots.insert(0, Path(bundle))
-    for root in roots:
-        candidate = root / "resources" / "icons" / "vram-steward-128.png"
-        if candidate.is_file():
-            return candidate
-    return None
+
+def engine_lock_file() -> Path:
+    """Held (flock) by the one engine of this user, the tray app or the daemon; records its pid and kind."""
+    return runtime_dir() / "engine.lock"
+
+
+def tray_socket_file() -> Path:
+    """The tray app's single-instance socket: a second launch asks the first to show its dashboard."""
+    return runtime_dir() / "tray.sock"

@@ -3,6 +3,7 @@ API. The daemon, the tray app and `replay` all start here, so they drive the sam
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -39,6 +40,9 @@ class ScenarioSignals:
             GameSignal(name=s.name, source=s.source, pid=s.pid, app_id=s.app_id, started_at=s.started_at)
             for s in self._backend.active_game_signals()
         )
+
+    def update_settings(self, settings: Settings) -> None:
+        pass  # the scenario decides what it signals
 
     def close(self) -> None:
         pass
@@ -126,10 +130,14 @@ def watch_sleep(steward: Steward, aio: AsyncioThread, *, timeout_s: float = 3.5)
         return None
 
     def before_sleep() -> None:
-        steward.set_sleeping(True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(h.pids() for h in steward.holders):
-            time.sleep(0.05)
+        # through the engine's door: the outcome completes once the engine holds no VRAM any more
+        released = steward.set_sleeping(True)
+        try:
+            released.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            logger.warning("VRAM was not released within %.1f s of the sleep notice", timeout_s)
+        except Exception:
+            logger.exception("releasing VRAM before sleep failed")
 
     def after_resume() -> None:
         steward.set_sleeping(False)
@@ -223,6 +231,10 @@ def build_runtime(
             metrics=metrics.render,
         )
         metrics.queue_lengths = api.reservations.queue_lengths
-        aio.run(api.start(), timeout_s=10.0)
+        try:
+            aio.run(api.start(), timeout_s=10.0)  # ApiPortUnavailable when the port is taken
+        except BaseException:
+            runtime.stop()  # nothing was started but the asyncio thread and the watchers: stop them
+            raise
         runtime.api = api
     return runtime

@@ -201,7 +201,9 @@ class StewardApp(QObject):
         if self._shut_down:
             return
         self.dashboard.add_event(event)
-        if isinstance(event, ev.ModelsEvicted):
+        if isinstance(event, ev.ShowRequested):  # `vram-steward show`, POST /v1/show
+            self.show_dashboard()
+        elif isinstance(event, ev.ModelsEvicted):
             self.history.mark(event.gpu, "evicted")
         elif isinstance(event, ev.Resumed):
             self.history.mark(event.gpu, "resumed")

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from app.core.atomic import write_atomic
+
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "vram-steward.desktop"
@@ -54,9 +56,7 @@ def set_enabled(on: bool, command: str | None = None) -> Path:
     path = autostart_file()
     if on:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(desktop_entry(command or default_command()), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, desktop_entry(command or default_command()))
         logger.info("autostart on: %s", path)
     else:
         path.unlink(missing_ok=True)

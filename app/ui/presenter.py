@@ -24,7 +24,7 @@ APP_TITLE = "VRAM Steward"
 
 @dataclass(frozen=True)
 class StateInfo:
-    icon: str  # the SVG under resources/icons without ".svg"
+    icon: str  # a state icon (app.core.resources.STATE_ICONS): its SVG without ".svg"
     title: str  # for people: the tooltip's first line and the dashboard's headline
     colour: str  # an accent for the headline; the icon's shape says the same thing
 

@@ -1,13 +1,13 @@
 """One running tray app per user: a second launch hands over to the first and exits.
 
-As Vorta does, through a local socket (QLocalServer/QLocalSocket) named per user, not through the HTTP API:
-it works before the engine starts, needs no token, and does not depend on the API being enabled. The
-second launch sends "show"; the first brings its dashboard to the front.
+As Vorta does, through a local socket (QLocalServer/QLocalSocket) in the user's 0700 runtime folder, not
+through the HTTP API: it works before the engine starts, needs no token, and does not depend on the API
+being enabled. The second launch sends "show"; the first brings its dashboard to the front. Which engine
+runs (tray or daemon) is decided by the engine lock (app.core.instance), taken right after this hand-over.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 
 from PySide6.QtCore import QObject, Signal
@@ -19,7 +19,14 @@ SHOW = b"show\n"
 
 
 def socket_name(suffix: str = "") -> str:
-    return f"vram-steward-{getpass.getuser()}{suffix}"
+    """The socket's path in this user's 0700 runtime folder (never in /tmp, where another user could plant
+    one): $XDG_RUNTIME_DIR/vram-steward/tray.sock. Creates the folder."""
+    from app.core import paths
+    from app.core.instance import private_runtime_dir
+
+    private_runtime_dir()
+    socket = paths.tray_socket_file()
+    return str(socket.with_name(socket.name + suffix)) if suffix else str(socket)
 
 
 def hand_over_to_running(name: str | None = None, timeout_ms: int = 500) -> bool:

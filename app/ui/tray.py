@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt
 from PySide6.QtGui import QAction, QColor, QCursor, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from app.core.resources import STATE_ICONS, state_icon_file
 from app.ui.presenter import TrayView
 
 logger = logging.getLogger(__name__)
 
-ICON_NAMES = ("resident", "evicted-for-game", "paused", "no-gpu", "error", "idle")
+ICON_NAMES = STATE_ICONS
 AUTO_EVICT_TEXT = "Auto-evict when other apps need VRAM"
 AUTO_PAUSE_TEXT = "Auto-pause for gaming"
-
-
-def icons_dir() -> Path:
-    """resources/icons in a source checkout (the repository root is two levels above app/ui)."""
-    return Path(__file__).resolve().parents[2] / "resources" / "icons"
 
 
 _icon_cache: dict[str, QIcon] = {}
@@ -33,10 +28,10 @@ def state_icon(name: str) -> QIcon:
     """The SVG for a state; a shape drawn in code when the file or the SVG plugin is missing."""
     if name in _icon_cache:
         return _icon_cache[name]
-    path = icons_dir() / f"{name}.svg"
-    icon = QIcon(str(path)) if path.exists() else QIcon()
+    path = state_icon_file(name)
+    icon = QIcon(str(path)) if path is not None else QIcon()
     if icon.isNull() or (not icon.availableSizes() and icon.pixmap(32, 32).isNull()):
-        logger.debug("icon %s not loadable from %s; drawing a fallback", name, path)
+        logger.debug("icon %s not loadable (%s); drawing a fallback", name, path or "no file")
         icon = _fallback_icon(name)
     _icon_cache[name] = icon
     return icon

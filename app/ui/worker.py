@@ -1,132 +1,88 @@
-"""The engine's worker thread in the GUI: a QObject moved to a QThread owns the `Steward` and ticks it on a
-QTimer at the pace the engine asks for (`snapshot.next_poll_s`).
+"""The engine's worker thread in the GUI: a QThread that runs the engine's one loop, `Steward.run`, exactly as
+the daemon's plain thread does. The tray app never ticks the engine itself.
 
 Snapshots and every core `Event` cross to the GUI thread as queued signals (a notifier subscribes to
-`event`); commands and new settings go the other way. Exceptions never escape into Qt: a failed tick becomes
-an `EngineError` event plus the `error` signal, and the timer keeps going.
+`engine_event`); commands and new settings go the other way through the engine's one door
+(`Steward.submit`), which wakes the loop at once. Exceptions never escape into Qt: the loop turns a failed
+tick into an `EngineError` event, and a refused or failed command becomes the `error` signal.
 
-Shutdown is ordered (STYLE.md 6): stop the timer, `steward.shutdown()` (releases all VRAM, ends the hosts),
-then the services the runtime started (API, asyncio loop), then quit the thread and wait.
+Shutdown is ordered (STYLE.md 6): the loop stops and `steward.shutdown()` releases all VRAM on the engine
+thread, then the services the runtime started (API, asyncio loop) stop, then the thread ends.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from PySide6.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal
 
 from app.core import events as ev
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MIN_INTERVAL_S = 0.02  # never spin: even a policy that asks for 0 s waits this long
-ERROR_INTERVAL_S = 1.0  # after a failed tick
-
 
 class Engine(Protocol):
     """What the worker needs from `app.core.engine.steward.Steward`."""
 
-    def step(self) -> Any: ...
+    def run(self, stop: threading.Event) -> None: ...
 
     def submit(self, command: Any) -> concurrent.futures.Future[Any]: ...
 
     def subscribe(self, on_event: Callable[[ev.Event], None]) -> None: ...
 
-    def update_settings(self, settings: Settings) -> None: ...
+    def subscribe_snapshots(self, on_snapshot: Callable[[Any], None]) -> None: ...
+
+    def wake(self) -> None: ...
 
     def shutdown(self) -> None: ...
 
 
 def make_command(kind: str, model: str | None = None, gpu: int | None = None) -> Any:
     """A `Command` for the engine (built here so widgets never import the policy module)."""
-    from app.core.policy.contention import Command
+    from app.core.policy.actions import Command
 
     return Command(kind=kind, model=model, gpu=gpu)  # type: ignore[arg-type]
 
 
-class _TickLoop(QObject):
-    """Lives in the engine's thread: ticks the Steward on a single-shot QTimer, applies settings, stops."""
+def settings_command(settings: Settings) -> Any:
+    from app.core.engine.commands import ApplySettings
+
+    return ApplySettings(settings)
+
+
+class _LoopThread(QThread):
+    """Runs `Steward.run` (the loop the daemon runs) until `stop` is set; relays what it publishes."""
 
     snapshot = Signal(object)
     engine_event = Signal(object)
-    error = Signal(str)
-    stopped = Signal()
 
-    def __init__(self, steward: Engine, clock: Callable[[], float]) -> None:
+    def __init__(self, steward: Engine, stop: threading.Event) -> None:
         super().__init__()
+        self.setObjectName("steward")
         self.steward = steward
-        self.clock = clock
-        self.timer: QTimer | None = None
-        self.stopping = False
+        self.stop = stop
         self.ticks = 0
-        self.last: Any = None
-        steward.subscribe(self.publish)  # the engine calls this on its own (this) thread
+        self._last: Any = None
+        steward.subscribe(self.engine_event.emit)  # called on the engine thread: queued to the GUI
+        steward.subscribe_snapshots(self._on_snapshot)
 
-    def publish(self, event: ev.Event) -> None:
-        self.engine_event.emit(event)
+    def _on_snapshot(self, snapshot: Any) -> None:
+        self.ticks += 1
+        if snapshot is not self._last:  # a still step hands back the same snapshot: nothing to redraw
+            self._last = snapshot
+            self.snapshot.emit(snapshot)
 
-    @Slot()
-    def start(self) -> None:
-        self.timer = QTimer(self)
-        self.timer.setSingleShot(True)
-        self.timer.timeout.connect(self.tick_now)
-        self.tick_now()
-
-    @Slot()
-    def tick_now(self) -> None:
-        if self.stopping:
-            return
-        interval = ERROR_INTERVAL_S
+    def run(self) -> None:
         try:
-            snapshot = self.steward.step()
-            self.ticks += 1
-            interval = float(getattr(snapshot, "next_poll_s", 1.0))
-            if snapshot is not self.last:  # a still step hands back the same snapshot: nothing to redraw
-                self.last = snapshot
-                self.snapshot.emit(snapshot)
-        except Exception as exc:
-            logger.exception("engine tick failed")
-            message = f"{type(exc).__name__}: {exc}"
-            self.engine_event.emit(
-                ev.EngineError(at=self.clock(), wall_time=time.time(), where="tick", message=message),
-            )
-            self.error.emit(f"The engine failed a tick: {message}")
-        if self.timer is not None and not self.stopping:
-            self.timer.start(max(int(max(interval, MIN_INTERVAL_S) * 1000), 1))
-
-    @Slot(object)
-    def apply_settings(self, settings: Settings) -> None:
-        try:
-            self.steward.update_settings(settings)
-        except Exception as exc:
-            logger.exception("applying settings failed")
-            self.error.emit(f"Could not apply the new settings: {exc}")
-        self.tick_now()
-
-    @Slot()
-    def stop(self) -> None:
-        self.stopping = True
-        if self.timer is not None:
-            self.timer.stop()
-        self.shutdown_engine()
-        self.stopped.emit()
-        thread = QThread.currentThread()
-        app = QCoreApplication.instance()
-        if app is not None:  # hand this object (and its stopped timer) back, so it is freed there
-            self.moveToThread(app.thread())
-        thread.quit()
-
-    def shutdown_engine(self) -> None:
-        try:
-            self.steward.shutdown()
-        except Exception as exc:
-            logger.exception("engine shutdown failed")
-            self.error.emit(f"Releasing VRAM failed: {exc}")
+            self.steward.run(self.stop)
+        except Exception:  # run() shuts down in order itself; never let anything escape into Qt
+            logger.exception("the engine loop ended with an error")
 
 
 class StewardWorker(QObject):
@@ -136,14 +92,12 @@ class StewardWorker(QObject):
     function connected to them, a notifier's included, runs on the GUI thread.
     """
 
-    snapshot = Signal(object)  # StewardSnapshot, after every tick
+    snapshot = Signal(object)  # StewardSnapshot, after every tick that changed it
     engine_event = Signal(object)  # every core Event, as the engine publishes it
-    error = Signal(str)  # a failed tick or command, in words
+    error = Signal(str)  # a refused or failed command, in words
     stopped = Signal()  # after the engine released its VRAM
 
-    _wake = Signal()  # -> engine thread: tick now (a command is waiting)
-    _settings_in = Signal(object)
-    _stop_requested = Signal()
+    _error_from_engine = Signal(str)
 
     def __init__(
         self,
@@ -155,82 +109,80 @@ class StewardWorker(QObject):
         super().__init__()
         self._steward = steward
         self._stop_services = stop_services
-        self._thread: QThread | None = None
-        self._loop = _TickLoop(steward, clock)
-        for theirs, ours in (
-            (self._loop.snapshot, self.snapshot),
-            (self._loop.engine_event, self.engine_event),
-            (self._loop.error, self.error),
-            (self._loop.stopped, self.stopped),
-        ):
-            theirs.connect(ours)  # signal to signal: queued onto this object's (the GUI) thread
-        self._wake.connect(self._loop.tick_now)
-        self._settings_in.connect(self._loop.apply_settings)
-        self._stop_requested.connect(self._loop.stop)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = _LoopThread(steward, self._stop)
+        self._thread.snapshot.connect(self.snapshot)
+        self._thread.engine_event.connect(self.engine_event)
+        self._error_from_engine.connect(self.error)  # queued: emitted from the engine thread
+        self._started = False
 
     @property
     def ticks(self) -> int:
-        return self._loop.ticks
+        """Snapshots the engine published (still steps included)."""
+        return self._thread.ticks
 
     def start_in_thread(self) -> QThread:
-        thread = QThread()
-        thread.setObjectName("steward")
-        self._loop.moveToThread(thread)
-        thread.started.connect(self._loop.start)
-        self._thread = thread
-        thread.start()
-        return thread
+        self._started = True
+        self._thread.start()
+        return self._thread
 
-    def submit(self, kind: str, model: str | None = None, gpu: int | None = None) -> None:
-        """Queue a command (thread-safe) and wake the engine so it is handled now, not at the next poll."""
+    def submit(
+        self, kind: str, model: str | None = None, gpu: int | None = None
+    ) -> concurrent.futures.Future[Any] | None:
+        """Send a command through the engine's door (which wakes the loop at once). A refusal or failure
+        arrives as the `error` signal; the future is returned for callers that want the outcome."""
+        return self.submit_command(make_command(kind, model, gpu), kind.replace("_", " "))
+
+    def apply_settings(self, settings: Settings) -> concurrent.futures.Future[Any] | None:
+        """New settings, applied on the engine thread to every part that reads them."""
+        return self.submit_command(settings_command(settings), "apply the new settings")
+
+    def submit_command(self, command: Any, what: str) -> concurrent.futures.Future[Any] | None:
         try:
-            future = self._steward.submit(make_command(kind, model, gpu))
+            future = self._steward.submit(command)
         except Exception as exc:
-            logger.exception("could not queue %s", kind)
-            self.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
-            return
+            logger.exception("could not queue %s", what)
+            self.error.emit(f"Could not {what}: {exc}")
+            return None
 
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            self._command_done(kind, f)
+        def done(f: concurrent.futures.Future[Any]) -> None:  # on the engine thread
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self._error_from_engine.emit(f"Could not {what}: {exc}")
 
         future.add_done_callback(done)
-        self._wake.emit()
+        return future
 
     def request_tick(self) -> None:
         """Tick as soon as the engine thread is free."""
-        self._wake.emit()
-
-    def apply_settings(self, settings: Settings) -> None:
-        """Hand new settings to the engine on its own thread."""
-        self._settings_in.emit(settings)
+        self._steward.wake()
 
     def stop_and_wait(self, timeout_s: float = 10.0) -> bool:
         """Ordered shutdown: the engine releases VRAM on its thread, then the API and the loop stop, then the
         thread ends. True when it ended within the timeout."""
-        thread = self._thread
         finished = True
-        if thread is None or not thread.isRunning():
-            self._loop.stopping = True
-            self._loop.shutdown_engine()
+        self._stop.set()
+        self._steward.wake()
+        if not self._started or not self._thread.isRunning():
+            try:
+                self._steward.shutdown()  # idempotent; releases VRAM when the loop never ran
+            except Exception as exc:
+                logger.exception("engine shutdown failed")
+                self.error.emit(f"Releasing VRAM failed: {exc}")
         else:
-            self._stop_requested.emit()
-            finished = bool(thread.wait(int(timeout_s * 1000)))
+            finished = bool(self._thread.wait(int(timeout_s * 1000)))
             if not finished:
                 logger.warning("the engine thread did not stop within %.0f s", timeout_s)
+        self.stopped.emit()
         if self._stop_services is not None:
             try:
                 self._stop_services()
             except Exception:
                 logger.exception("stopping the API and the asyncio loop failed")
         return finished
-
-    def _command_done(self, kind: str, future: concurrent.futures.Future[Any]) -> None:
-        """Runs on the engine thread when the command's tick is over; emitting from there is queued."""
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            self._loop.error.emit(f"Could not {kind.replace('_', ' ')}: {exc}")
 
 
 def runtime_services_stopper(runtime: Any) -> Callable[[], None]:

@@ -28,7 +28,7 @@ CACHE = ROOT / "build" / "bundle-cache"
 BUILD_TIMEOUT_S = 900
 KEEP_OLD_ENTRIES = 1  # about 500 MB each
 # What the bundle is made of: a change in any of these builds it again.
-BUNDLE_INPUTS = ("app", "resources/icons", "resources/vram-steward.desktop", "packaging", "pyproject.toml")
+BUNDLE_INPUTS = ("app", "resources/vram-steward.desktop", "packaging", "pyproject.toml")  # icons: app/data
 
 
 def bundle_key() -> str:

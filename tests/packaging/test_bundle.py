@@ -52,8 +52,8 @@ def test_the_bundle_carries_its_data_files(bundle: Bundle) -> None:
     for relative in (
         "app/data/default-config.toml",
         "app/data/scenarios/game-launch.toml",
-        "resources/icons/vram-steward.svg",
-        "resources/icons/vram-steward-256.png",
+        "app/data/icons/vram-steward.svg",
+        "app/data/icons/vram-steward-256.png",
         "resources/vram-steward.desktop",
         "desktop_notifier/resources/python.png",
         "cupy/_core/include/cupy/carray.cuh",

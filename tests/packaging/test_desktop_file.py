@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from app.core.resources import icons_dir
 from app.ui.autostart import desktop_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 DESKTOP_FILE = ROOT / "resources" / "vram-steward.desktop"
-ICONS = ROOT / "resources" / "icons"
+ICONS = icons_dir()
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.core.resources import icons_dir
 from app.ui.autostart import desktop_entry
 from tests.packaging.conftest import ROOT, cached_bundle, home_env
 
@@ -43,13 +44,15 @@ def fake_bundle(folder: Path) -> Path:
     """The bundle's layout with a shell script for the executable."""
     bundle = folder / "vram-steward"
     resources = bundle / "_internal" / "resources"
-    (resources / "icons").mkdir(parents=True)
+    icons = bundle / "_internal" / "app" / "data" / "icons"
+    resources.mkdir(parents=True)
+    icons.mkdir(parents=True)
     executable = bundle / "vram-steward"
     executable.write_text('#!/bin/sh\necho "vram-steward (stand-in bundle) $*"\n')
     executable.chmod(executable.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     shutil.copy2(ROOT / "resources" / "vram-steward.desktop", resources)
-    for icon in (ROOT / "resources" / "icons").iterdir():
-        shutil.copy2(icon, resources / "icons")
+    for icon in icons_dir().iterdir():
+        shutil.copy2(icon, icons)
     return bundle
 
 

@@ -7,13 +7,14 @@ import pytest
 from app.core.config import Settings
 from app.core.gpu.snapshot import BackendState, GpuState
 from app.core.holders import ModelState
+from app.core.resources import STATE_ICONS, state_icon_file
 from app.core.units import GiB, MiB
 from app.ui import presenter
 from app.ui.presenter import present, process_rows
 from tests.fixtures import ui_snapshots as snaps
 
 SETTINGS = Settings()
-ALL_ICONS = {"resident", "evicted-for-game", "paused", "no-gpu", "error", "idle"}
+ALL_ICONS = set(STATE_ICONS)
 
 
 def test_gpu_status_line_and_tooltip_say_used_total_ours_and_free() -> None:
@@ -77,6 +78,12 @@ def test_every_engine_state_is_known_to_the_presenter() -> None:
     from app.core.policy.actions import EngineState
 
     assert {str(s) for s in EngineState} <= set(presenter.STATES)
+
+
+def test_every_icon_the_presenter_names_is_shipped() -> None:
+    for info in presenter.STATES.values():
+        assert info.icon in STATE_ICONS
+        assert state_icon_file(info.icon) is not None, info.icon
 
 
 def test_active_with_nothing_resident_shows_the_idle_icon() -> None:

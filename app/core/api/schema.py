@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
+from app.core.atomic import write_atomic
 from app.core.residency.reservations import DEFAULT_TTL_S, MAX_HOLDER_CHARS, MAX_TTL_S, MAX_WAIT_S
 
 MAX_LONG_POLL_S = 60.0
@@ -425,4 +426,4 @@ def render() -> str:
 
 
 def write(path: Path = DOCS_FILE) -> None:
-    path.write_text(render())
+    write_atomic(path, render())

@@ -9,8 +9,6 @@ latest immutable snapshot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -23,9 +21,13 @@ from aiohttp import web
 
 from app import __version__
 from app.core import paths
+from app.core.api.endpoint import ApiPortUnavailable, remove_endpoint_if_ours, write_endpoint
 from app.core.api.schema import MAX_LONG_POLL_S, openapi_document
+from app.core.atomic import write_atomic
+from app.core.engine.commands import Outcome
 from app.core.engine.steward import Steward, StewardSnapshot
-from app.core.errors import InvalidInput, VramError
+from app.core.errors import InsufficientVram, InvalidInput, VramError
+from app.core.loopback import is_loopback
 from app.core.policy.contention import Command
 from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S
 from app.core.residency.reservations import (
@@ -78,21 +80,8 @@ def load_or_create_token(path: Path | None = None) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, token + "\n", mode=0o600)
     return token
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -132,6 +121,7 @@ class ApiServer:
         self._routes()
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
+        self._endpoint_written: dict[str, Any] | None = None  # what start() wrote to endpoint_file
 
     def _routes(self) -> None:
         r = self.app.router
@@ -154,15 +144,22 @@ class ApiServer:
         r.add_post("/v1/reservations/{id}/allocated", self.reservation_allocated)
 
     async def start(self) -> int:
-        self.steward.subscribe_snapshots(self._after_tick)
+        """Listen (port 0: any free port) and record the bound port in the endpoint file. Raises
+        ApiPortUnavailable, naming host:port and the `api_port` key, when the port cannot be had."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ApiPortUnavailable(self.host, self.port, exc) from exc
+        self.steward.subscribe_snapshots(self._after_tick)
         sockets = getattr(site._server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
         if self.endpoint_file is not None:
-            write_endpoint(self.endpoint_file, self.host, self.bound_port)
+            self._endpoint_written = write_endpoint(self.endpoint_file, self.host, self.bound_port)
         logger.info("API listening on http://%s:%s", self.host, self.bound_port)
         return self.bound_port
 
@@ -170,9 +167,9 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.endpoint_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.endpoint_file.unlink()
+        if self.endpoint_file is not None:  # only what we wrote: another engine may have written since
+            remove_endpoint_if_ours(self.endpoint_file, self._endpoint_written)
+            self._endpoint_written = None
 
     # --- middlewares ---------------------------------------------------------------------------
 
@@ -262,55 +259,36 @@ class ApiServer:
         name = request.match_info["name"]
         self._known_model(name)
         await self._body(request)
-        before = self.steward.snapshot
-        seen = {id(e) for e in before.recent_events} if before else set()  # `before` keeps them alive
-        snap = await self._run(Command(kind="load", model=name))
-        model = next((m for m in snap.models if m.name == name), None)
-        refused = [
-            e
-            for e in snap.recent_events
-            if e.kind == "LoadRefused" and getattr(e, "model", None) == name and id(e) not in seen
-        ]
-        if refused:
-            event = refused[-1]
-            reason = getattr(event, "reason", "") or "load_refused"
-            insufficient = reason == "insufficient_vram"
-            response = problem(
-                507 if insufficient else 409,
-                reason,
-                f"loading {name} was refused: {reason}",
-                details={"model": name, "gpu": getattr(event, "gpu", None)},
-                retry_after=RETRY_AFTER_FOREIGN_S if insufficient else None,
-                retriable=insufficient,
-                need_bytes=getattr(event, "need_bytes", None),
-                available_bytes=getattr(event, "available_bytes", None),
-            )
-            if insufficient:
-                response.headers["Retry-After"] = str(round(RETRY_AFTER_FOREIGN_S))
-            return response
+        try:  # the load's own outcome: done, or refused with the facts (never read from the event log)
+            outcome = await self._run(Command(kind="load", model=name))
+        except InsufficientVram as exc:
+            if exc.retry_after_s is None:
+                exc.retry_after_s = RETRY_AFTER_FOREIGN_S
+            return problem_from(exc)
+        model = outcome.model(name)
         return web.json_response({"model": model.to_json() if model else None}, status=202)
 
     async def unload(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self._known_model(name)
         await self._body(request)
-        snap = await self._run(Command(kind="unload", model=name))
-        model = next((m for m in snap.models if m.name == name), None)
+        outcome = await self._run(Command(kind="unload", model=name))
+        model = outcome.model(name)
         return web.json_response({"model": model.to_json() if model else None})
 
     async def verify(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self._known_model(name)
         await self._body(request)
-        result = await self._run(Command(kind="verify", model=name), timeout_s=VERIFY_TIMEOUT_S)
-        facts = result.to_json() if hasattr(result, "to_json") else {}
+        outcome = await self._run(Command(kind="verify", model=name), timeout_s=VERIFY_TIMEOUT_S)
+        facts = outcome.event.to_json() if outcome.event is not None else {}
         return web.json_response({"model": name, "verified": True, "result": facts})
 
     def command(self, kind: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             await self._body(request)
-            snap = await self._run(Command(kind=kind))  # type: ignore[arg-type]
-            return web.json_response({"ok": True, "state": snap.state, "reasons": list(snap.reasons)})
+            outcome = await self._run(Command(kind=kind))  # type: ignore[arg-type]
+            return web.json_response({"ok": True, "state": outcome.state, "reasons": list(outcome.reasons)})
 
         return handler
 
@@ -400,7 +378,7 @@ class ApiServer:
             for r in ledgers[index].reservations()
         ]
 
-    async def _run(self, command: Command, *, timeout_s: float = COMMAND_TIMEOUT_S) -> Any:
+    async def _run(self, command: Command, *, timeout_s: float = COMMAND_TIMEOUT_S) -> Outcome:
         future = self.steward.submit(command)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -428,22 +406,3 @@ def _is_json_type(media_type: str) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
-
-
-def write_endpoint(path: Path, host: str, port: int) -> None:
-    """Atomically record where the API listens, so `vram-steward evict` finds the running instance."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": host, "port": port, "pid": os.getpid()}, f)
-    os.replace(tmp, path)
-
-
-def read_endpoint(path: Path | None = None) -> tuple[str, int] | None:
-    path = path or paths.api_endpoint_file()
-    try:
-        data = json.loads(path.read_text())
-        return str(data["host"]), int(data["port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -1,9 +1,10 @@
-"""The engine: one tick = sample → classify → decide → act → publish.
+"""The engine: one loop (`run`); one tick = sample → classify → decide → act → publish.
 
-One worker thread owns a `Steward` (a QThread in the GUI, a plain thread in the daemon). Nothing else touches
-its state: other threads call `submit()` (thread-safe) and read `snapshot` (an immutable record swapped
-atomically), or subscribe to events and snapshots (callbacks run on the worker thread: hand them over to your
-own thread, as the Qt worker does with queued signals).
+One worker thread runs `Steward.run` (a QThread in the tray app, a plain thread in the daemon: the same loop).
+Nothing else touches its state. Other threads go through one door, `submit()` (thread-safe): every request
+(app.core.engine.commands) wakes the loop at once and gets a future with a typed outcome. They read `snapshot`
+(an immutable record swapped atomically), or subscribe to events and snapshots (callbacks run on the worker
+thread: hand them over to your own thread, as the Qt worker does with queued signals).
 """
 
 from __future__ import annotations
@@ -23,11 +24,19 @@ from typing import Any
 import psutil
 
 from app.core import events as ev
+from app.core.engine.commands import (
+    ApplySettings,
+    EngineCommand,
+    LoadRefused,
+    Outcome,
+    PrepareForSleep,
+    command_name,
+)
 from app.core.errors import InvalidInput, VramError
 from app.core.events import AuditLog, Event
 from app.core.gpu.backend import GpuBackend
 from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
-from app.core.holders import ModelHolder, ModelState, ModelStatus
+from app.core.holders import Holder, HolderRole, ModelState, ModelStatus
 from app.core.policy.classify import ProcessClassifier
 from app.core.policy.contention import (
     Command,
@@ -93,8 +102,9 @@ class StewardSnapshot:
 
 @dataclass
 class _Request:
-    command: Command
-    future: concurrent.futures.Future[Any] | None = None
+    command: EngineCommand
+    future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
+    pending: bool = False  # completes in a later tick (a verify, the sleep handshake)
 
 
 class Steward:
@@ -105,7 +115,7 @@ class Steward:
         self,
         settings: Settings,
         backend: GpuBackend,
-        holders: Sequence[ModelHolder],
+        holders: Sequence[Holder],
         *,
         signals: GameSignalSource | None = None,
         ledgers: Ledgers | None = None,
@@ -145,23 +155,27 @@ class Steward:
         self._games_seen: dict[tuple[str, int | None], GameSignal] = {}
         self._backend_state: BackendState | None = None
         self._lost: set[int] = set()
+        self._hold: str | None = None  # what the holders were last told (Decision.hold)
+        self._sleep_waiters: list[_Request] = []  # PrepareForSleep(True): done once we hold no VRAM
         if autoload:  # keep the user's models resident: load every configured model at start
             for model in self._models():
                 self.submit(Command(kind="load", model=model.name))
 
     # --- other threads -------------------------------------------------------------------------
 
-    def submit(self, command: Command) -> concurrent.futures.Future[Any]:
-        """Queue a command for the next tick. The future completes after the tick that handled it."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._requests.put(_Request(command, future))
+    def submit(self, command: EngineCommand) -> concurrent.futures.Future[Outcome]:
+        """The one door: queue a request and wake the loop, which handles it at once. The future's result
+        is the typed `Outcome` (after the tick that handled it); its exception a VramError when the engine
+        refused (`LoadRefused`, `InsufficientVram`, ...) or failed."""
+        request = _Request(command)
+        self._requests.put(request)
         self.wake()
-        return future
+        return request.future
 
-    def set_sleeping(self, sleeping: bool) -> None:
-        """The system is about to sleep (logind PrepareForSleep) or woke up: evict before, reload after."""
-        self._sleeping = sleeping
-        self.wake()
+    def set_sleeping(self, sleeping: bool) -> concurrent.futures.Future[Outcome]:
+        """The system is about to sleep (logind PrepareForSleep) or woke up: evict before, reload after.
+        Before sleep, the future completes once VRAM Steward holds no VRAM."""
+        return self.submit(PrepareForSleep(sleeping))
 
     def _on_battery(self) -> bool | None:
         """Only read when the user wants no models on battery (psutil reads /sys; at most every 30 s)."""
@@ -196,8 +210,23 @@ class Steward:
     # --- the worker thread ---------------------------------------------------------------------
 
     def update_settings(self, settings: Settings) -> None:
+        """Apply new settings to every part that reads them. Worker thread only: other threads submit
+        `ApplySettings` (a test that drives tick() itself may call this between ticks)."""
+        old = self.settings
         self.settings = settings
         self.policy.update_settings(settings)
+        self.classifier.update_settings(settings)
+        self.ledgers.set_headroom(settings.headroom_bytes)
+        if self.signals is not None:
+            self.signals.update_settings(settings)
+        for holder in self.holders:
+            holder.update_settings(settings)
+        changed = tuple(
+            f.name
+            for f in dataclasses.fields(settings)
+            if f.name != "source" and getattr(old, f.name) != getattr(settings, f.name)
+        )
+        self._emit(ev.SettingsApplied(at=self.clock(), changed=changed))
 
     def step(self) -> StewardSnapshot:
         """What the worker runs every interval: the last snapshot again when the world sits still, else a
@@ -217,7 +246,12 @@ class Steward:
         return self.tick()
 
     def _still(self) -> bool:
-        if self._still_key is None or not self._requests.empty() or self.clock() - self._full_at >= REFRESH_S:
+        if (
+            self._still_key is None
+            or not self._requests.empty()
+            or self._sleep_waiters
+            or self.clock() - self._full_at >= REFRESH_S
+        ):
             return False
         for holder in self.holders:
             self._held_events.extend(holder.poll())
@@ -236,6 +270,8 @@ class Steward:
     def tick(self) -> StewardSnapshot:
         """One sample → classify → decide → act → publish cycle."""
         self._tick += 1
+        requests = self._drain()
+        requests = self._apply_engine_commands(requests)
         now = self.clock()
         games = self._games()
         probe_key = self._probe_key(games)  # before the sample: a change after it shows in the next probe
@@ -257,7 +293,7 @@ class Steward:
                 self._emit(event)
 
         models = self._models()
-        fast = self._unchanged(telemetry, games, models, polled_events)
+        fast = None if requests else self._unchanged(telemetry, games, models, polled_events)
         if fast is not None:
             self._still_key = probe_key
             return self._publish(fast)
@@ -269,8 +305,7 @@ class Steward:
             games=games,
             our_expected_bytes=self._expected_bytes(models),
         )
-        requests = self._drain()
-        commands = tuple(r.command for r in requests)
+        commands = tuple(r.command for r in requests if isinstance(r.command, Command))
         decision = self.policy.decide(
             PolicyInputs(
                 snapshot=telemetry,
@@ -305,10 +340,56 @@ class Steward:
             self._still_key = probe_key
         self._publish(snapshot)  # before answering: a caller that reads `snapshot` next must see this one
         for request in requests:
-            if request.future is not None and not request.future.done():
-                request.future.set_result(snapshot)
+            if not request.pending and not request.future.done():
+                request.future.set_result(self._outcome(request.command, snapshot))
+        self._answer_sleep_waiters(snapshot)
         logger.debug("tick %d at %.3f: %s", self._tick, now, decision.state)
         return snapshot
+
+    @staticmethod
+    def _outcome(command: EngineCommand, snapshot: StewardSnapshot, event: Event | None = None) -> Outcome:
+        return Outcome(
+            command=command_name(command),
+            state=snapshot.state,
+            reasons=snapshot.reasons,
+            models=snapshot.models,
+            event=event,
+        )
+
+    def _apply_engine_commands(self, requests: list[_Request]) -> list[_Request]:
+        """Settings and the sleep handshake change the engine itself; they apply before this tick samples,
+        so its decision already uses them. Policy commands go on to the policy."""
+        for request in requests:
+            command = request.command
+            if isinstance(command, ApplySettings):
+                try:
+                    self.update_settings(command.settings)
+                except Exception as exc:
+                    logger.exception("applying settings failed")
+                    request.future.set_exception(exc)
+            elif isinstance(command, PrepareForSleep):
+                self._sleeping = command.sleeping
+                if command.sleeping:
+                    request.pending = True
+                    self._sleep_waiters.append(request)
+            elif command.kind in ("pause", "resume"):
+                cls = ev.Paused if command.kind == "pause" else ev.Unpaused
+                self._emit(cls(at=self.clock(), by="user"))
+            elif command.kind == "show":
+                self._emit(ev.ShowRequested(at=self.clock()))
+        return requests
+
+    def _answer_sleep_waiters(self, snapshot: StewardSnapshot) -> None:
+        """The sleep handshake completes once none of our holders' processes holds VRAM any more (or the
+        system woke up meanwhile)."""
+        if not self._sleep_waiters:
+            return
+        if self._sleeping and self._holder_pids():
+            return
+        waiters, self._sleep_waiters = self._sleep_waiters, []
+        for request in waiters:
+            if not request.future.done():
+                request.future.set_result(self._outcome(request.command, snapshot))
 
     def _publish(self, snapshot: StewardSnapshot) -> StewardSnapshot:
         self._snapshot = snapshot
@@ -389,17 +470,9 @@ class Steward:
             return
         self._closed = True
         for holder in self.holders:
-            try:
-                if holder.name == "builtin":  # our own VRAM: freed, and the frees audited, before we exit
-                    held = [
-                        m.name
-                        for m in holder.models()
-                        if m.state in (ModelState.RESIDENT, ModelState.LOADING)
-                    ]
-                    if held:
-                        for event in holder.evict(held, "shutdown"):
-                            self._emit(event)
-                holder.close()
+            try:  # our own VRAM is freed, and the frees audited, before we exit
+                for event in holder.close():
+                    self._emit(event)
             except Exception:
                 logger.exception("closing holder %s failed", holder.name)
         if self.signals is not None:
@@ -432,7 +505,7 @@ class Steward:
             out.extend(holder.models())
         return out
 
-    def _holder_for(self, model: str) -> ModelHolder | None:
+    def _holder_for(self, model: str) -> Holder | None:
         for holder in self.holders:
             if any(m.name == model for m in holder.models()):
                 return holder
@@ -445,10 +518,10 @@ class Steward:
         return pids
 
     def _managed_pids(self) -> set[int]:
-        """PIDs of the model servers' processes (every holder but the built-in residency)."""
+        """PIDs of the processes of the apps we manage (model servers' runners, frozen processes)."""
         pids: set[int] = set()
         for holder in self.holders:
-            if holder.name != "builtin":
+            if holder.role == HolderRole.MANAGED:
                 pids |= holder.pids()
         return pids
 
@@ -463,11 +536,13 @@ class Steward:
     def _own_pids() -> set[int]:
         return {os.getpid()}
 
-    @staticmethod
-    def _expected_bytes(models: Sequence[ModelStatus]) -> dict[int, int]:
+    def _expected_bytes(self, models: Sequence[ModelStatus]) -> dict[int, int]:
+        """What our own processes should hold per GPU (the `self` holders' resident models; a managed
+        app's processes are matched by PID instead)."""
+        own = {h.name for h in self.holders if h.role == HolderRole.SELF}
         expected: dict[int, int] = {}
-        for m in models:  # only the built-in residency's: servers' runners are matched by PID, as managed
-            if m.state == ModelState.RESIDENT and m.size_bytes and m.holder == "builtin":
+        for m in models:
+            if m.state == ModelState.RESIDENT and m.size_bytes and m.holder in own:
                 expected[m.gpu] = expected.get(m.gpu, 0) + m.size_bytes
         return expected
 
@@ -477,11 +552,8 @@ class Steward:
             try:
                 if isinstance(action, Evict):
                     self._evict(action, telemetry)
-                    if action.reason in ("game", "pause", "user"):  # servers evict what clients reload
-                        self._set_hold(True, action.reason)
                 elif isinstance(action, Reload):
                     self._reload(action)
-                    self._set_hold(False, "")
                 elif isinstance(action, RefuseLoads):
                     refused[action.gpu] = action.reason
                 elif isinstance(action, WarnGame):
@@ -489,8 +561,7 @@ class Steward:
             except Exception as exc:
                 logger.exception("action %s failed", action)
                 self._emit(ev.EngineError(at=self.clock(), where=type(action).__name__, message=str(exc)))
-        if decision.state in (EngineState.ACTIVE, EngineState.IDLE):  # nothing is held out (any more)
-            self._set_hold(False, "")
+        self._set_hold(decision.hold)
         blocked = decision.state in (
             EngineState.PAUSED,
             EngineState.EVICTED_FOR_GAME,
@@ -499,6 +570,8 @@ class Steward:
         )
         for request in requests:
             command = request.command
+            if not isinstance(command, Command):
+                continue
             if command.kind == "load" and command.model:
                 self._load(command.model, refused, blocked, decision, request)
             elif command.kind == "verify" and command.model:
@@ -511,11 +584,13 @@ class Steward:
                 for event in holder.unload(command.model):
                     self._emit(event)
 
-    def _set_hold(self, held: bool, reason: str) -> None:
+    def _set_hold(self, reason: str | None) -> None:
+        """Tell the holders when the policy starts or stops keeping the GPU free (Decision.hold)."""
+        if reason == self._hold:
+            return
+        self._hold = reason
         for holder in self.holders:
-            set_hold = getattr(holder, "set_hold", None)
-            if set_hold is not None:
-                set_hold(held, reason)
+            holder.set_hold(reason)
 
     def _load(
         self,
@@ -535,54 +610,48 @@ class Steward:
         reason = refused.get(status.gpu) or (str(decision.state) if blocked else None)
         if reason:
             self._emit(ev.LoadRefused(at=self.clock(), model=model, gpu=status.gpu, reason=reason))
+            detail = next((r for r in decision.reasons if r), "")
+            request.future.set_exception(LoadRefused(model, status.gpu, reason, detail))
             return
         try:
             holder.start_load(model)
-        except VramError as exc:
-            need = exc.details.get("need_bytes") or getattr(exc, "needed_bytes", None)
-            available = getattr(exc, "available_bytes", None)
-            self._emit(
-                ev.LoadRefused(
-                    at=self.clock(),
-                    model=model,
-                    gpu=status.gpu,
-                    reason=exc.code,
-                    need_bytes=need,
-                    available_bytes=available,
-                )
-            )
-            if request.future is not None and not request.future.done():
-                request.future.set_exception(exc)
+        except VramError as exc:  # the holder reported the refusal in its own events (one event per fact)
+            request.future.set_exception(exc)
 
     def _verify(self, model: str, request: _Request) -> None:
-        """Recompute the chunk digests of what is in VRAM; the request's future gets the SealVerified event,
-        or the SealVerificationFailed error naming the damaged chunks (also a critical audit event)."""
+        """Recompute the chunk digests of what is in VRAM. The request completes when the holder's check
+        does: its outcome carries the SealVerified event, or it fails with SealVerificationFailed naming
+        the damaged chunks (also a critical audit event, which the holder reports through poll())."""
         holder = self._holder_for(model)
-        verify = getattr(holder, "verify", None)
-        if holder is None or verify is None:
-            self._fail(
-                request, f"{model!r} is not a model VRAM Steward seals itself, so it cannot be verified"
-            )
+        if holder is None:
+            self._fail(request, f"unknown model {model!r}")
             return
-        try:
-            result = verify(model)
-        except VramError as exc:
-            for event in holder.poll():
-                self._emit(event)
-            if request.future is not None and not request.future.done():
+        request.pending = True
+        command = request.command
+
+        def done(check: concurrent.futures.Future[Event]) -> None:
+            if request.future.done():
+                return
+            exc = check.exception()
+            if exc is not None:
                 request.future.set_exception(exc)
-            return
-        for event in holder.poll():
-            self._emit(event)
-        if request.future is not None and not request.future.done():
-            request.future.set_result(result)
+                return
+            snapshot = self._snapshot
+            event = check.result()
+            if snapshot is None:
+                request.future.set_result(Outcome(command=command_name(command), state="", event=event))
+            else:
+                request.future.set_result(self._outcome(command, snapshot, event))
+            self.wake()  # the events of the check are in the holder's next poll()
+
+        holder.verify(model).add_done_callback(done)
 
     def _fail(self, request: _Request, message: str) -> None:
-        if request.future is not None and not request.future.done():
+        if not request.future.done():
             request.future.set_exception(InvalidInput(message))
 
     def _evict(self, action: Evict, before: TelemetrySnapshot) -> None:
-        by_holder: dict[int, tuple[ModelHolder, list[str]]] = {}
+        by_holder: dict[int, tuple[Holder, list[str]]] = {}
         for name in action.models:
             holder = self._holder_for(name)
             if holder is not None:

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from typing import Any
 
 import pynvml
 
+from app.core.backoff import Backoff
 from app.core.gpu.snapshot import (
     BackendState,
     GpuProcess,
@@ -60,38 +62,6 @@ _BACKEND_ERRORS = frozenset(
 )
 # "This driver or GPU cannot tell": a fact to report as None with a reason, not an error to count.
 _UNSUPPORTED = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
-
-
-class Backoff:
-    """Exponential backoff on an injected clock: after the n-th failure in a row the next attempt waits
-    initial_s * 2**(n-1) seconds, at most max_s. One success resets it."""
-
-    def __init__(
-        self,
-        clock: Callable[[], float],
-        initial_s: float = BACKOFF_INITIAL_S,
-        max_s: float = BACKOFF_MAX_S,
-    ) -> None:
-        self._clock = clock
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-        self.retry_at = 0.0
-
-    def ready(self) -> bool:
-        """True when the next attempt may run now."""
-        return self.failures == 0 or self._clock() >= self.retry_at
-
-    def failed(self) -> float:
-        """Record a failure; returns the delay in seconds before the next attempt."""
-        self.failures += 1
-        delay_s = min(self.max_s, self.initial_s * 2.0 ** (self.failures - 1))
-        self.retry_at = self._clock() + delay_s
-        return delay_s
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.retry_at = 0.0
 
 
 class _NvmlGone(Exception):
@@ -239,6 +209,7 @@ class NvmlBackend:
         self._init_backoff = self._new_backoff()
         self._initialized = False
         self._closed = False
+        self._sample_lock = threading.Lock()
         self._devices: list[_Device] = []
         self._absent: list[int] = []  # wanted indices that NVML does not have
         self._device_count = 0
@@ -249,7 +220,8 @@ class NvmlBackend:
         self.query_errors_total = 0
 
     def _new_backoff(self) -> Backoff:
-        return Backoff(self._clock, *self._backoff_s)
+        first_s, max_s = self._backoff_s
+        return Backoff(first_s=first_s, max_s=max_s, clock=self._clock)
 
     # ---- the GpuBackend protocol -------------------------------------------------------------------
 
@@ -263,7 +235,8 @@ class NvmlBackend:
                 self.name, BackendState.ERROR, now, message="The NVML backend is closed."
             )
         try:
-            return self._sample(now)
+            with self._sample_lock:  # the engine and a holder's own thread (verifying a free) may both ask
+                return self._sample(now)
         except Exception as exc:  # never raise from sample(): a bug here must not stop the worker thread
             logger.exception("NVML sample failed unexpectedly")
             self.query_errors_total += 1

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from app.core.aio_thread import AsyncioThread
+from app.core.engine.commands import ApplySettings
+from app.core.errors import VramError
 from app.core.events import Event
 from app.core.notify.text import (
     ACTION_EVICT_NOW,
@@ -143,7 +145,7 @@ class DesktopNotifierBackend:
         if self._notifier is None:
             from desktop_notifier import Icon
 
-            from app.core.paths import app_icon_file
+            from app.core.resources import app_icon_file
 
             icon_file = app_icon_file()
             icon = Icon(path=icon_file) if icon_file else Icon(name="vram-steward")
@@ -495,10 +497,14 @@ def attach_notifications(runtime: Runtime) -> NotificationRouter | None:
             steward.submit(command)
         elif key.startswith(IGNORE_APP_PREFIX):
             name = key[len(IGNORE_APP_PREFIX) :]
-            new = add_ignore_rule(runtime.settings, name)
+            try:
+                new = add_ignore_rule(runtime.settings, name)
+            except (VramError, OSError) as exc:
+                logger.error("could not save the rule to ignore %s: %s", name, exc)
+                return
             runtime.settings = new
-            # Settings are frozen; the engine swaps its reference (one assignment each, no shared mutation).
-            steward.update_settings(new)
+            router.apply_settings(new)
+            steward.submit(ApplySettings(new))  # applied on the engine thread, through its one door
             logger.info("%s will be ignored from now on (rule saved in %s)", name, new.source)
         elif key == ACTION_SHOW:
             logger.info("the daemon has no dashboard; run `vram-steward status` or start the tray app")

@@ -111,3 +111,6 @@ class Decision:
     reasons: tuple[str, ...]  # for people, most important first
     resume_at: float | None  # when the cooldown ends (the policy's clock); None: not waiting on a timer
     next_poll_s: float
+    # Why the GPU is kept free ("game", "pause", "user"), None when it is not: holders whose clients can load
+    # models behind our back (model servers) free them again while this holds.
+    hold: str | None = None

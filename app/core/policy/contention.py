@@ -128,6 +128,7 @@ class ContentionPolicy:
         self._warned: set[tuple[object, ...]] = set()
         self._out_for_sleep: set[int] = set()
         self._rule_games_since: dict[int, float] = {}
+        self._hold: str | None = None  # why the GPU is kept free (Decision.hold)
 
     @property
     def settings(self) -> Settings:
@@ -165,10 +166,12 @@ class ContentionPolicy:
         if snapshot.state not in (BackendState.OK, BackendState.SIMULATED, BackendState.NO_DRIVER):
             reason = snapshot.message or f"GPU telemetry failed ({snapshot.state})"
             poll = self._settings.poll_interval_secs if holding else self._settings.idle_poll_interval_secs
-            return Decision((), EngineState.ERROR, (reason,), None, poll)
+            return Decision((), EngineState.ERROR, (reason,), None, poll, self._hold)
         if snapshot.state == BackendState.NO_DRIVER or not snapshot.gpus:
             reason = snapshot.message or "No NVIDIA GPU found"
-            return Decision((), EngineState.NO_GPU, (reason,), None, self._settings.idle_poll_interval_secs)
+            return Decision(
+                (), EngineState.NO_GPU, (reason,), None, self._settings.idle_poll_interval_secs, self._hold
+            )
 
         games = self._games(inputs, now)
         # "Resume now" while a game runs: the user keeps the models for that game (until it ends); foreign
@@ -188,17 +191,31 @@ class ContentionPolicy:
         state = next((s for s in STATE_PRECEDENCE if s in states), EngineState.IDLE)
         waits = [o.resume_at for o in outcomes if o.resume_at is not None]
         busy = any(o.busy for o in outcomes)
+        actions = tuple(a for o in outcomes for a in o.actions)
         decision = Decision(
-            actions=tuple(a for o in outcomes for a in o.actions),
+            actions=actions,
             state=state,
             reasons=tuple(r for o in outcomes for r in o.reasons),
             resume_at=min(waits) if waits else None,
             next_poll_s=self._settings.poll_interval_secs if busy else self._settings.idle_poll_interval_secs,
+            hold=self._update_hold(actions, state),
         )
         for action in decision.actions:
             if isinstance(action, (Evict, Reload)):
                 logger.info("%s", _describe_action(action))
         return decision
+
+    def _update_hold(self, actions: Sequence[Action], state: EngineState) -> str | None:
+        """Servers keep the GPU free from an eviction for a game, a pause or the user's Evict now until the
+        models come back (or nothing is held out any more): a client's load meanwhile is freed again."""
+        for action in actions:
+            if isinstance(action, Evict) and action.reason in ("game", "pause", "user"):
+                self._hold = action.reason
+            elif isinstance(action, Reload):
+                self._hold = None
+        if state in (EngineState.ACTIVE, EngineState.IDLE):
+            self._hold = None
+        return self._hold
 
     # --- commands ---------------------------------------------------------------------------------
 

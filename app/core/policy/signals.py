@@ -12,7 +12,10 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ class GameSignal:
 class GameSignalSource(Protocol):
     def active(self) -> tuple[GameSignal, ...]:
         """The games running now. Cheap, thread-safe, never blocks on I/O."""
+        ...
+
+    def update_settings(self, settings: Settings) -> None:
+        """Settings changed while running (the exclusive-app list, the scan interval); from the next
+        active()."""
         ...
 
     def close(self) -> None:
@@ -98,6 +106,9 @@ class ScriptedSignals:
     def active(self) -> tuple[GameSignal, ...]:
         return self.games
 
+    def update_settings(self, settings: Settings) -> None:
+        pass  # a script decides what it signals
+
     def close(self) -> None:
         self.games = ()
 
@@ -122,6 +133,10 @@ class CompositeSignals:
                 continue
             self._failing.discard(index)
         return merge(collected)
+
+    def update_settings(self, settings: Settings) -> None:
+        for source in self.sources:
+            source.update_settings(settings)
 
     def close(self) -> None:
         for source in self.sources:

@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.core.atomic import write_atomic
 from app.core.units import MiB
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,6 @@ class ManifestStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps({"model": model, "source": source, "manifest": manifest.to_json()}, indent=1)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            write_atomic(path, text)
         except OSError as exc:  # a read-only state dir must not fail a seal
             logger.warning("could not save the manifest of %s to %s: %s", model, path, exc)

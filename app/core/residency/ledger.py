@@ -89,6 +89,13 @@ class Ledger:
         self._failures: dict[str, int] = {}
         self._concurrent_attempts = 0
 
+    def set_headroom(self, headroom_bytes: Callable[[int], int]) -> None:
+        """A new headroom rule (settings changed): applies at once to what is known, and to every sample."""
+        with self._lock:
+            self._headroom_for = headroom_bytes
+            if self._total_bytes is not None:
+                self._headroom_bytes = headroom_bytes(self._total_bytes)
+
     # --- samples ------------------------------------------------------------------------------------
 
     def observe(
@@ -386,6 +393,14 @@ class Ledgers(Mapping[int, Ledger]):
         self._clock = clock
         self._lock = threading.Lock()
         self._ledgers: dict[int, Ledger] = {}
+
+    def set_headroom(self, headroom_bytes: Callable[[int], int]) -> None:
+        """Settings changed: every ledger uses the new headroom from its next observation, which the engine
+        makes in the same tick."""
+        with self._lock:
+            self._headroom_bytes = headroom_bytes
+            for ledger in self._ledgers.values():
+                ledger.set_headroom(headroom_bytes)
 
     def for_gpu(self, gpu: int) -> Ledger:
         with self._lock:

@@ -9,6 +9,7 @@ anything of ours is left on that GPU.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing.connection
@@ -23,7 +24,7 @@ from app.core import errors
 from app.core import events as ev
 from app.core.errors import InsufficientVram, InvalidInput, VramError
 from app.core.events import AuditLog, Event
-from app.core.holders import ModelState, ModelStatus
+from app.core.holders import HolderRole, ModelState, ModelStatus
 from app.core.residency.digest import Manifest, ManifestStore
 from app.core.residency.host import protocol as p
 from app.core.residency.host.process import HostHandle, HostLauncher
@@ -72,9 +73,14 @@ class _Host:
 
 
 class ResidencyManager:
-    """Implements the ModelHolder protocol (app/core/holders.py) for models sealed into our own hosts."""
+    """Implements the holder contract (app/core/holders.py) for models sealed into our own hosts.
+
+    Freeing is bounded: a host that does not answer a free within `free_timeout_s` (hung, or stopped with
+    SIGSTOP) is killed, which frees its VRAM just as well; a host that does not exit within `exit_grace_s`
+    of being told to is killed too. So an eviction never waits on a host for more than a few seconds."""
 
     name = "builtin"
+    role = HolderRole.SELF
 
     def __init__(
         self,
@@ -89,6 +95,8 @@ class ResidencyManager:
         manifest_dir: Path | None = None,
         seal_options: SealOptions = SealOptions(),  # noqa: B008 - frozen dataclass
         reply_timeout_s: float = 60.0,
+        free_timeout_s: float = 1.0,
+        exit_grace_s: float = 0.5,
         confirm_timeout_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -103,6 +111,8 @@ class ResidencyManager:
         self._manifests = ManifestStore(manifest_dir)
         self._options = seal_options
         self._reply_timeout_s = reply_timeout_s
+        self._free_timeout_s = free_timeout_s
+        self._exit_grace_s = exit_grace_s
         self._confirm_timeout_s = confirm_timeout_s
         self._sleep = sleep
         self._hosts: dict[int, _Host] = {}
@@ -222,11 +232,30 @@ class ResidencyManager:
     def unload(self, model: str) -> Sequence[Event]:
         return self._free([model], "user", ModelState.UNLOADED)
 
-    def close(self) -> None:
+    def set_hold(self, reason: str | None) -> None:
+        pass  # only the engine loads our models: nothing comes back behind its back
+
+    def update_settings(self, settings: Settings) -> None:
+        """Models added to the settings become known (unloaded; the user or autoload loads them); a model
+        whose entry changed takes the new entry unless it is in VRAM (then at its next load); a removed
+        model that is not in VRAM is forgotten."""
+        configured = {m.name: m for m in settings.models}
+        for name, config in configured.items():
+            record = self._models.get(name)
+            if record is None:
+                self._models[name] = _Model(config)
+            elif record.config != config and record.state not in (ModelState.LOADING, ModelState.RESIDENT):
+                record.config = config
+        for name in [n for n in self._models if n not in configured]:
+            if self._models[name].state not in (ModelState.LOADING, ModelState.RESIDENT):
+                del self._models[name]
+
+    def close(self) -> Sequence[Event]:
         held = [n for n, r in self._models.items() if r.state in (ModelState.LOADING, ModelState.RESIDENT)]
-        self._free(held, "shutdown", ModelState.UNLOADED)
+        events = self._free(held, "shutdown", ModelState.UNLOADED)
         for host in list(self._hosts.values()):
             self._shutdown_host(host)
+        return events
 
     # --- beyond the protocol -----------------------------------------------------------------------
 
@@ -272,7 +301,17 @@ class ResidencyManager:
             if host is not None:
                 multiprocessing.connection.wait([host.handle.conn], timeout=0.05)
 
-    def verify(self, model: str) -> ev.SealVerified:
+    def verify(self, model: str) -> concurrent.futures.Future[Event]:
+        """The holder contract's verify: the check's result (or its error) as a future. The host hashes on
+        the GPU (an 8 GB model in well under a second on an H200); bounded by reply_timeout_s."""
+        future: concurrent.futures.Future[Event] = concurrent.futures.Future()
+        try:
+            future.set_result(self.verify_now(model))
+        except VramError as exc:
+            future.set_exception(exc)
+        return future
+
+    def verify_now(self, model: str) -> ev.SealVerified:
         """Rehash what is in VRAM against the seal's manifest. Raises errors.SealVerificationFailed naming the
         damaged chunks (and emits the critical SealVerificationFailed event)."""
         record = self._record(model)
@@ -478,8 +517,7 @@ class ResidencyManager:
         handle = host.handle
         if handle.is_alive():
             handle.kill()
-        else:
-            handle.join(1.0)
+        handle.join(1.0)  # SIGKILL ends even a stopped process at once
         exit_code = handle.exit_code()
         names = tuple(sorted(host.models))
         now, wall = self._clock(), time.time()
@@ -538,7 +576,11 @@ class ResidencyManager:
                     record.cancelling = record.state == ModelState.LOADING
                     try:
                         reply = self._request(
-                            host, p.FreeRequest(record.config.name), record.config.name, p.Freed
+                            host,
+                            p.FreeRequest(record.config.name),
+                            record.config.name,
+                            p.Freed,
+                            timeout_s=self._free_timeout_s,
                         )
                         assert isinstance(reply, p.Freed)
                         nbytes = reply.nbytes
@@ -575,7 +617,7 @@ class ResidencyManager:
         handle = host.handle
         try:
             handle.conn.send(p.ShutdownRequest())
-            deadline = self._clock() + self._reply_timeout_s
+            deadline = self._clock() + self._exit_grace_s
             while self._clock() < deadline:
                 if not handle.conn.poll(0.05):
                     if not handle.is_alive():
@@ -587,9 +629,10 @@ class ResidencyManager:
                 self._handle(host, reply)
         except (EOFError, OSError):
             pass
-        if not handle.join(5.0):
+        if not handle.join(self._exit_grace_s):
             logger.warning("residency host pid %d did not exit; killing it", handle.pid)
             handle.kill()
+            handle.join(1.0)  # SIGKILL ends even a stopped process at once
         self._forget_host(host)
 
     def _forget_host(self, host: _Host) -> None:
@@ -624,13 +667,23 @@ class ResidencyManager:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _request(self, host: _Host, request: p.Request, model: str, want: type[Any]) -> object:
+    def _request(
+        self,
+        host: _Host,
+        request: p.Request,
+        model: str,
+        want: type[Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> object:
         """Send `request` and wait for its reply (handling other replies meanwhile). Raises the host's error,
-        or GpuUnavailable when the host dies or does not answer in time."""
+        or GpuUnavailable when the host dies or does not answer in time; a host that does not answer in
+        time is killed (it is hung or stopped, and killing it is what frees its VRAM)."""
         handle = host.handle
+        timeout_s = self._reply_timeout_s if timeout_s is None else timeout_s
         try:
             handle.conn.send(request)
-            deadline = self._clock() + self._reply_timeout_s
+            deadline = self._clock() + timeout_s
             while True:
                 if handle.conn.poll(0.05):
                     reply = handle.conn.recv()
@@ -648,9 +701,17 @@ class ResidencyManager:
                 elif not handle.is_alive():
                     raise _HostGone
                 elif self._clock() >= deadline:
+                    logger.warning(
+                        "residency host pid %d did not answer %s in %g s; killing it",
+                        handle.pid,
+                        type(request).__name__,
+                        timeout_s,
+                    )
+                    if self._hosts.get(handle.gpu) is host:
+                        self._host_died(host)
                     raise errors.GpuUnavailable(
-                        reason=f"the residency host did not answer {type(request).__name__} in "
-                        f"{self._reply_timeout_s:g} s",
+                        reason=f"the residency host did not answer {type(request).__name__} "
+                        f"in {timeout_s:g} s",
                         gpu=handle.gpu,
                     )
         except (_HostGone, EOFError, OSError):

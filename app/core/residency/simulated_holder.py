@@ -8,6 +8,7 @@ scenario time in a second.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -16,8 +17,9 @@ from app.core import events as ev
 from app.core.errors import InvalidInput
 from app.core.events import Event
 from app.core.gpu.simulated import SimulatedBackend
-from app.core.holders import ModelState, ModelStatus
+from app.core.holders import HolderRole, ModelState, ModelStatus, unsupported_verify
 from app.core.residency.ledger import Ledgers
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,10 @@ class _Load:
 
 
 class SimulatedHolder:
+    """The built-in residency on a simulated GPU: same contract, allocations in the simulator."""
+
     name = "builtin"
+    role = HolderRole.SELF
 
     def __init__(
         self,
@@ -168,11 +173,22 @@ class SimulatedHolder:
             out.append(ev.VramDeallocated(at=now, model=model, gpu=status.gpu, bytes=size, reason=reason))
         return out
 
-    def close(self) -> None:
+    def set_hold(self, reason: str | None) -> None:
+        pass  # only we load our models: nothing loads behind our back
+
+    def verify(self, model: str) -> concurrent.futures.Future[Event]:
+        """A simulated model has no bytes in VRAM to hash: say so rather than claim it is intact."""
+        self._get(model)
+        return unsupported_verify(model, "the simulator")
+
+    def update_settings(self, settings: Settings) -> None:
+        pass  # the scenario defines the models
+
+    def close(self) -> Sequence[Event]:
         resident = [
             n for n, s in self._status.items() if s.state in (ModelState.RESIDENT, ModelState.LOADING)
         ]
-        self._free(resident, "shutdown", ModelState.UNLOADED)
+        return self._free(resident, "shutdown", ModelState.UNLOADED)
 
     def _get(self, model: str) -> ModelStatus:
         try:

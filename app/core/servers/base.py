@@ -2,26 +2,28 @@
 turns every failure into one of two clear errors, and the backoff that keeps a server that is down from
 causing an error storm.
 
-The client uses only the standard library (urllib) and ignores proxy environment variables: the servers
-we manage listen on this machine or the LAN, and a desktop's `http_proxy` must not route 127.0.0.1 away.
+The client uses only the standard library (http.client), so it ignores proxy environment variables: the
+servers we manage listen on this machine or the LAN, and a desktop's `http_proxy` must not route 127.0.0.1
+away. Every request has a deadline on the whole exchange; it runs on a holder's own thread, never on the
+engine's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import socket
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 1.0  # connect and each read: the engine's worker thread must never wait long
+DEFAULT_TIMEOUT_S = 2.0  # the whole request (it runs on the holder's own thread, never the engine's)
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a status answer larger than this is not one
 BACKOFF_FIRST_S = 2.0
 BACKOFF_MAX_S = 60.0
@@ -82,7 +84,6 @@ class JsonHttpClient:
         self.timeout_s = timeout_s
         self.label = label
         self.requests_sent = 0
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -96,35 +97,66 @@ class JsonHttpClient:
         timeout_s: float | None = None,
         ok_statuses: tuple[int, ...] = (200,),
     ) -> HttpAnswer:
-        """Send one request. Raises ServerUnreachable or ServerBadAnswer (for a status not in ok_statuses)."""
+        """Send one request. `timeout_s` bounds the WHOLE request (connect, headers, body), not each socket
+        read: a server that trickles its answer byte by byte is cut off at the deadline. Redirects are not
+        followed (a model server has no reason to send us elsewhere) and the answer is capped at
+        MAX_ANSWER_BYTES. Raises ServerUnreachable or ServerBadAnswer (a status not in ok_statuses)."""
+        deadline_s = timeout_s or self.timeout_s
         data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.url(path), data=data, method=method)
-        req.add_header("Accept", "application/json")
+        url = self.url(path)
+        what = f"{method} {url}"
+        parts = urllib.parse.urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        connection = connection_class(parts.netloc, timeout=deadline_s)
+        headers = {"Accept": "application/json", "Connection": "close"}
         if data is not None:
-            req.add_header("Content-Type", "application/json")
-        what = f"{method} {self.url(path)}"
+            headers["Content-Type"] = "application/json"
+        cut = threading.Event()
+
+        def cut_off() -> None:  # at the deadline: end the exchange, whatever it is waiting for
+            cut.set()
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(deadline_s, cut_off)
+        timer.daemon = True
         self.requests_sent += 1
+        timer.start()
         try:
-            with self._opener.open(req, timeout=timeout_s or self.timeout_s) as response:
-                answer = HttpAnswer(
-                    status=response.status,
-                    body=response.read(MAX_ANSWER_BYTES + 1),
-                    content_type=response.headers.get("Content-Type", ""),
-                )
-        except urllib.error.HTTPError as exc:
-            payload = exc.read(MAX_ANSWER_BYTES) if exc.fp is not None else b""
+            connection.request(method, target, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = _read_capped(response, MAX_ANSWER_BYTES + 1, cut)
             answer = HttpAnswer(
-                status=exc.code, body=payload, content_type=exc.headers.get("Content-Type", "")
+                status=response.status, body=payload, content_type=response.headers.get("Content-Type", "")
             )
-        except urllib.error.URLError as exc:
-            raise ServerUnreachable(f"{what}: {_reason(exc.reason)}") from exc
-        except TimeoutError as exc:
-            raise ServerUnreachable(f"{what}: no answer within {timeout_s or self.timeout_s:g} s") from exc
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
+            location = response.headers.get("Location")
+        except (http.client.HTTPException, OSError) as exc:
+            if cut.is_set() or isinstance(exc, TimeoutError):
+                raise ServerUnreachable(f"{what}: no complete answer within {deadline_s:g} s") from exc
+            if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+                raise ServerUnreachable(f"{what}: {_reason(exc)}") from exc
             raise ServerUnreachable(f"{what}: the connection broke ({type(exc).__name__}: {exc})") from exc
+        finally:
+            timer.cancel()
+            connection.close()
+        if cut.is_set():
+            raise ServerUnreachable(f"{what}: no complete answer within {deadline_s:g} s")
         if len(answer.body) > MAX_ANSWER_BYTES:
             raise ServerBadAnswer(
                 f"{what}: the answer is larger than {MAX_ANSWER_BYTES} bytes", status=answer.status
+            )
+        if 300 <= answer.status < 400 and answer.status not in ok_statuses:
+            raise ServerBadAnswer(
+                f"{what}: HTTP {answer.status}, redirects to {location or 'nowhere'}; VRAM Steward does not "
+                "follow redirects: set the server's url to where it really listens",
+                status=answer.status,
             )
         if answer.status not in ok_statuses:
             raise ServerBadAnswer(
@@ -141,6 +173,19 @@ class JsonHttpClient:
         return answer.json(f"POST {self.url(path)}")
 
 
+def _read_capped(response: http.client.HTTPResponse, limit: int, cut: threading.Event) -> bytes:
+    """Read at most `limit` bytes of the body, in pieces, stopping when the deadline cut the exchange."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and not cut.is_set():
+        piece = response.read1(min(65536, limit - size))
+        if not piece:
+            break
+        chunks.append(piece)
+        size += len(piece)
+    return b"".join(chunks)
+
+
 def _reason(reason: object) -> str:
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused (is the server running?)"
@@ -149,30 +194,6 @@ def _reason(reason: object) -> str:
     if isinstance(reason, socket.gaierror):
         return f"the host name does not resolve ({reason})"
     return str(reason)
-
-
-class Backoff:
-    """When to try a server that failed again: first after `first_s`, doubling up to `max_s`; reset by a
-    success. Pure: the caller passes the time."""
-
-    def __init__(self, *, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S) -> None:
-        if first_s <= 0 or max_s < first_s:
-            raise ValueError(f"backoff: need 0 < first_s <= max_s, got first_s={first_s}, max_s={max_s}")
-        self.first_s = first_s
-        self.max_s = max_s
-        self._next_delay_s = first_s
-        self.failures = 0
-
-    def failed(self) -> float:
-        """Record a failure; returns how long to wait before the next attempt."""
-        delay = self._next_delay_s
-        self._next_delay_s = min(self._next_delay_s * 2, self.max_s)
-        self.failures += 1
-        return delay
-
-    def succeeded(self) -> None:
-        self._next_delay_s = self.first_s
-        self.failures = 0
 
 
 Clock = Callable[[], float]

@@ -1,9 +1,11 @@
 """ServerHolder: the ModelHolder logic that the Ollama, llama.cpp and llama-swap adapters share.
 
-The engine calls a holder from its worker thread at up to 10 Hz. So `poll()` asks the server at most every
-`refresh_interval_s` (2 s), each request has a short timeout, and a server that is down is asked again only
-after a backoff (2 s doubling to 60 s), with one `ServerDown` event per outage, not one per attempt.
-Loads (a preload can take a minute) run on a background thread; `poll()` collects their outcome.
+The engine calls a holder from its worker thread at up to 10 Hz, and a holder never makes it wait: every
+request to the server (listing, unloading and verifying the free, loading) runs on a background thread
+with a deadline on the whole request, and `poll()` only collects what finished. A listing is started at
+most every `refresh_interval_s` (2 s); a server that is down is asked again only after a backoff (2 s
+doubling to 60 s), with one `ServerDown` event per outage, not one per attempt. A slow, trickling,
+redirecting or silent server can delay only its own models, never a game's eviction of the others.
 
 What the adapters add: how to list what the server holds (`_list_models`), how to unload and load one model
 (`_unload`, `_load`), and how to find its runner processes (`find_runners`).
@@ -27,16 +29,25 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from app.core import events as ev
+from app.core.backoff import Backoff
 from app.core.events import Event
 from app.core.gpu.backend import GpuBackend
 from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
-from app.core.holders import ModelState, ModelStatus
-from app.core.servers.base import Backoff, JsonHttpClient, ServerBadAnswer, ServerError, ServerUnreachable
+from app.core.holders import HolderRole, ModelState, ModelStatus, unsupported_verify
+from app.core.servers.base import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    JsonHttpClient,
+    ServerBadAnswer,
+    ServerError,
+    ServerUnreachable,
+)
 from app.core.servers.runners import FindRunners, RunnerProcess
 from app.core.servers.verify_free import VERIFY_TIMEOUT_S, FreeResult, measure, wait_until_freed
-from app.core.settings import ServerConfig
+from app.core.settings import ServerConfig, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -87,34 +98,64 @@ class _Known:
     pids: frozenset[int] = field(default_factory=frozenset)
 
 
-def run_in_daemon_thread(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
-    """Run `fn` on its own daemon thread: a preload that hangs must never keep the app from exiting (a
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What a background listing found (the server's models, or why it could not), and the runners."""
+
+    served: list[ServedModel] | None
+    error: ServerError | None
+    runners: list[RunnerProcess]
+    epoch: int  # the holder's free epoch when it started: a listing older than a free is stale
+
+
+@dataclass(frozen=True)
+class _FreeOutcome:
+    """What a background free did: the models the server unloaded, those it could not, and what came back."""
+
+    reason: str
+    new_state: ModelState
+    unloaded: tuple[str, ...]
+    failed: tuple[tuple[str, ServerError], ...]
+    result: FreeResult
+
+
+def run_in_daemon_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Run `fn` on its own daemon thread: a request that hangs must never keep the app from exiting (a
     ThreadPoolExecutor's workers are joined at exit)."""
-    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def work() -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            fn()
+            result = fn()
         except BaseException as exc:
             future.set_exception(exc)
         else:
-            future.set_result(None)
+            future.set_result(result)
 
-    threading.Thread(target=work, name="server-load", daemon=True).start()
+    threading.Thread(target=work, name="server-io", daemon=True).start()
     return future
 
 
-def run_at_once(fn: Callable[[], None]) -> concurrent.futures.Future[None]:
-    """Run `fn` now and return its finished future (tests: deterministic loads)."""
-    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+def run_at_once(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Run `fn` now and return its finished future (tests: deterministic requests)."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
-        fn()
-        future.set_result(None)
+        future.set_result(fn())
     except BaseException as exc:
         future.set_exception(exc)
     return future
+
+
+class BackgroundRunner(Protocol):
+    """Runs a function off the engine thread and returns its future (`run_in_daemon_thread`; tests pass
+    `run_at_once`)."""
+
+    def __call__(self, fn: Callable[[], T], /) -> concurrent.futures.Future[T]: ...
 
 
 class ServerHolder(abc.ABC):
@@ -122,6 +163,7 @@ class ServerHolder(abc.ABC):
 
     name: str = "server"
     display_name: str = "the server"
+    role = HolderRole.MANAGED
 
     def __init__(
         self,
@@ -134,10 +176,10 @@ class ServerHolder(abc.ABC):
         sleep: Callable[[float], object] = time.sleep,
         default_gpu: int = 0,
         refresh_interval_s: float = REFRESH_INTERVAL_S,
-        timeout_s: float = 1.0,
+        timeout_s: float = 2.0,
         verify_timeout_s: float = VERIFY_TIMEOUT_S,
         backoff: Backoff | None = None,
-        run_in_background: Callable[[Callable[[], None]], concurrent.futures.Future[None]] | None = None,
+        run_in_background: BackgroundRunner | None = None,
     ) -> None:
         self.config = config
         self.client = JsonHttpClient(
@@ -151,7 +193,7 @@ class ServerHolder(abc.ABC):
         self._default_gpu = default_gpu
         self._refresh_interval_s = refresh_interval_s
         self._verify_timeout_s = verify_timeout_s
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(first_s=BACKOFF_FIRST_S, max_s=BACKOFF_MAX_S, clock=clock)
         self._submit = run_in_background or run_in_daemon_thread
         self._known: dict[str, _Known] = {}
         self._runners: list[RunnerProcess] = []
@@ -162,6 +204,9 @@ class ServerHolder(abc.ABC):
         self._held = False
         self._hold_reason = ""
         self._closed = False
+        self._listing: concurrent.futures.Future[_Listing] | None = None
+        self._freeing: list[tuple[concurrent.futures.Future[_FreeOutcome], dict[str, ModelState]]] = []
+        self._free_epoch = 0  # moves when a free starts or ends: listings from before are stale
 
     # --- what adapters implement ----------------------------------------------------------------
 
@@ -217,6 +262,8 @@ class ServerHolder(abc.ABC):
         known.load = self._submit(lambda: self._load(model))
 
     def evict(self, models: Sequence[str], reason: str) -> Sequence[Event]:
+        """Start unloading `models` on a background thread; they count as EVICTED from now on. The frees,
+        verified through NVML, arrive as VramDeallocated events through poll()."""
         return self._free(models, reason, ModelState.EVICTED)
 
     def unload(self, model: str) -> Sequence[Event]:
@@ -227,28 +274,51 @@ class ServerHolder(abc.ABC):
         return self._free([model], "unload", ModelState.UNLOADED)
 
     def poll(self) -> Sequence[Event]:
+        """Collect finished loads, frees and listings; start the next listing when one is due. Never
+        blocks: the requests themselves run on background threads."""
         events: list[Event] = []
         if self._closed:
             return events
-        now = self._clock()
         self._collect_loads(events)
-        if now >= self._next_refresh_at:
-            self._refresh(now, events)
+        self._collect_frees(events)
+        self._collect_listing(events)
+        if self._clock() >= self._next_refresh_at and self._listing is None:
+            epoch = self._free_epoch
+            self._listing = self._submit(lambda: self._list_in_background(epoch))
+            self._collect_listing(events)  # a runner that runs at once (tests) has finished already
         return events
 
-    def close(self) -> None:
-        """Stop. The server's models stay as they are: the server is the user's, not ours to empty."""
+    def set_hold(self, reason: str | None) -> None:
+        """The policy keeps the GPU free (a game, a pause, Evict now): a model a client loads meanwhile is
+        evicted again at the next listing."""
+        if reason is not None and not self._held:
+            logger.info("%s: holding the GPU free (%s)", self.name, reason)
+        self._held = reason is not None
+        self._hold_reason = reason or ""
+
+    def verify(self, model: str) -> concurrent.futures.Future[Event]:
+        return unsupported_verify(model, self.display_name)
+
+    def update_settings(self, settings: Settings) -> None:
+        """A changed url or keep_alive for this server applies from the next request."""
+        for config in settings.servers:
+            if config.kind == self.config.kind and config != self.config:
+                if config.url != self.config.url:
+                    self.client = JsonHttpClient(
+                        config.url,
+                        timeout_s=self.client.timeout_s,
+                        label=f"{self.display_name} at {config.url}",
+                    )
+                    self._next_refresh_at = float("-inf")
+                self.config = config
+
+    def close(self) -> Sequence[Event]:
+        """Stop. The server's models stay as they are: the server is the user's, not ours to empty. Requests
+        still running end on their own deadline (daemon threads)."""
         self._closed = True
+        return []
 
     # --- extra methods the engine and the UI use ----------------------------------------------------
-
-    def set_hold(self, held: bool, reason: str) -> None:
-        """The engine keeps the GPU free (a game, a pause, Evict now): a model a client loads meanwhile is
-        evicted again at the next refresh."""
-        if held and not self._held:
-            logger.info("%s: holding the GPU free (%s)", self.name, reason)
-        self._held = held
-        self._hold_reason = reason if held else ""
 
     def server_status(self) -> ServerStatus:
         retry_at = self._next_refresh_at if self._up is False else None
@@ -263,19 +333,38 @@ class ServerHolder(abc.ABC):
             logger.exception("%s: listing runner processes failed", self.name)
             return self._runners
 
-    def _refresh(self, now: float, events: list[Event]) -> None:
+    def _list_in_background(self, epoch: int) -> _Listing:
+        """On a background thread: ask the server what it holds, then find its runners."""
         try:
-            served = self._list_models()
+            served: list[ServedModel] | None = self._list_models()
+            error: ServerError | None = None
         except ServerError as exc:
-            self._runners = self._runners_now()
-            self._mark_down(now, exc, events)
+            served, error = None, exc
+        except Exception as exc:  # an adapter's bug must read as a bad answer, not kill the listing
+            logger.exception("%s: listing failed unexpectedly", self.name)
+            served, error = None, ServerBadAnswer(f"{type(exc).__name__}: {exc}")
+        return _Listing(served, error, self._runners_now(), epoch)  # runners after: started by now
+
+    def _collect_listing(self, events: list[Event]) -> None:
+        future = self._listing
+        if future is None or not future.done():
             return
-        self._runners = self._runners_now()  # after the listing: a runner it names has started by now
+        self._listing = None
+        listing = future.result()
+        now = self._clock()
+        self._runners = listing.runners
+        if listing.error is not None or listing.served is None:
+            self._mark_down(now, listing.error or ServerBadAnswer("no listing"), events)
+            return
         self._mark_up(now, events)
+        if listing.epoch != self._free_epoch or self._freeing:
+            # it started before a free ended, so it may list what is gone: ask again soon
+            self._next_refresh_at = now + min(self._refresh_interval_s, 0.5)
+            return
         self._next_refresh_at = now + self._refresh_interval_s
-        self._apply_listing(served, events)
+        self._apply_listing(listing.served, events)
         if self._held:
-            self._evict_reloaded(served, events)
+            self._evict_reloaded(listing.served, events)
 
     def _mark_down(self, now: float, exc: ServerError, events: list[Event]) -> None:
         delay = self._backoff.failed()
@@ -394,7 +483,7 @@ class ServerHolder(abc.ABC):
             return
         noticed_at = self._clock()
         freed = self._free(names, f"{self._hold_reason}_reload", ModelState.EVICTED)
-        evicted = {e.model for e in freed if isinstance(e, ev.VramDeallocated)}
+        evicted = {n for n in names if n in self._known and self._known[n].state == ModelState.EVICTED}
         for name in names:
             known = self._known.get(name)
             events.append(
@@ -411,7 +500,8 @@ class ServerHolder(abc.ABC):
         events.extend(freed)
 
     def _free(self, models: Sequence[str], reason: str, new_state: ModelState) -> list[Event]:
-        """Unload `models` through the API, then wait until their VRAM is back (verified eviction)."""
+        """Start unloading `models` through the API on a background thread, which then waits until their
+        VRAM is back (verified eviction). They take `new_state` at once; the outcome arrives in poll()."""
         events: list[Event] = []
         targets = [
             self._known[m]
@@ -420,7 +510,6 @@ class ServerHolder(abc.ABC):
         ]
         if not targets:
             return events
-        self._runners = self._runners_now()
         everything = all(
             k.name in {t.name for t in targets}
             for k in self._known.values()
@@ -429,63 +518,103 @@ class ServerHolder(abc.ABC):
         per_model = all(t.pids for t in targets)
         watch = set().union(*(t.pids for t in targets)) if per_model else self.pids()
         before = measure(self._backend.sample(), watch) if watch or everything else None
-        unloaded: list[_Known] = []
-        for known in targets:
-            try:
-                self._unload(known.name)
-            except ServerError as exc:
-                known.last_error = f"could not unload: {exc.message}"
-                logger.warning("%s: unloading %s failed: %s", self.name, known.name, exc.message)
-                events.append(
-                    ev.EngineError(at=self._clock(), where=f"{self.name}.unload", message=exc.message)
-                )
-                if isinstance(exc, ServerUnreachable):
-                    self._mark_down(self._clock(), exc, events)
-                continue
-            unloaded.append(known)
-        if not unloaded:
-            return events
-        expected = sum(k.size_bytes or 0 for k in unloaded)
-        if before is not None and (per_model or everything) and len(unloaded) == len(targets):
+        expected = sum(k.size_bytes or 0 for k in targets)
+        if before is not None and (per_model or everything):
             expected = max(expected, before.total_bytes)  # the runners go away entirely, context and all
-        result = (
-            wait_until_freed(
-                self._backend,
-                watch,
-                before,
-                expected_bytes=expected,
-                clock=self._clock,
-                sleep=self._sleep,
-                timeout_s=self._verify_timeout_s,
-                gpus={k.gpu for k in unloaded},
-            )
-            if before is not None
-            else FreeResult(None, None, None, 0.0, verified=False)
-        )
-        logger.info(
-            "%s: unloaded %s (%s): %s",
-            self.name,
-            ", ".join(k.name for k in unloaded),
-            reason,
-            result.describe(),
-        )
-        now = self._clock()
-        for known in unloaded:
+        gpus = {k.gpu for k in targets}
+        names = tuple(k.name for k in targets)
+        previous = {k.name: k.state for k in targets}
+        for known in targets:
             known.state = new_state
             known.load, known.load_answered, known.last_error = None, False, None
+
+        def work() -> _FreeOutcome:
+            unloaded: list[str] = []
+            failed: list[tuple[str, ServerError]] = []
+            for name in names:
+                try:
+                    self._unload(name)
+                except ServerError as exc:
+                    failed.append((name, exc))
+                else:
+                    unloaded.append(name)
+            complete = before is not None and unloaded and not failed
+            result = (
+                wait_until_freed(
+                    self._backend,
+                    watch,
+                    before,
+                    expected_bytes=expected,
+                    clock=self._clock,
+                    sleep=self._sleep,
+                    timeout_s=self._verify_timeout_s,
+                    gpus=gpus,
+                )
+                if complete and before is not None
+                else FreeResult(None, None, None, 0.0, verified=False)
+            )
+            return _FreeOutcome(reason, new_state, tuple(unloaded), tuple(failed), result)
+
+        self._free_epoch += 1
+        self._freeing.append((self._submit(work), previous))
+        self._collect_frees(events)  # a runner that runs at once (tests) has finished already
+        return events
+
+    def _collect_frees(self, events: list[Event]) -> None:
+        still: list[tuple[concurrent.futures.Future[_FreeOutcome], dict[str, ModelState]]] = []
+        for future, previous in self._freeing:
+            if not future.done():
+                still.append((future, previous))
+                continue
+            self._free_epoch += 1
+            exc = future.exception()
+            if exc is not None:  # a bug in the adapter: the models are as before, and say why
+                logger.error("%s: freeing failed unexpectedly: %r", self.name, exc)
+                failed: tuple[tuple[str, ServerError], ...] = tuple(
+                    (name, ServerBadAnswer(f"{type(exc).__name__}: {exc}")) for name in previous
+                )
+                empty = FreeResult(None, None, None, 0.0, verified=False)
+                outcome = _FreeOutcome("", ModelState.EVICTED, (), failed, empty)
+            else:
+                outcome = future.result()
+            self._apply_free(outcome, previous, events)
+        self._freeing = still
+
+    def _apply_free(
+        self, outcome: _FreeOutcome, previous: dict[str, ModelState], events: list[Event]
+    ) -> None:
+        now = self._clock()
+        for name, error in outcome.failed:
+            known = self._known.get(name)
+            if known is not None and known.state == outcome.new_state:
+                known.state = previous.get(name, ModelState.RESIDENT)  # still there: the next listing says
+                known.last_error = f"could not unload: {error.message}"
+            logger.warning("%s: unloading %s failed: %s", self.name, name, error.message)
+            events.append(ev.EngineError(at=now, where=f"{self.name}.unload", message=error.message))
+            if isinstance(error, ServerUnreachable):
+                self._mark_down(now, error, events)
+        if outcome.unloaded:
+            logger.info(
+                "%s: unloaded %s (%s): %s",
+                self.name,
+                ", ".join(outcome.unloaded),
+                outcome.reason,
+                outcome.result.describe(),
+            )
+        for name in outcome.unloaded:
+            known = self._known.get(name)
             events.append(
                 ev.VramDeallocated(
                     at=now,
-                    model=known.name,
-                    gpu=known.gpu,
-                    bytes=known.size_bytes or 0,
-                    reason=reason,
-                    residue_bytes=result.residue_bytes,
-                    residue_by=result.residue_by,
+                    model=name,
+                    gpu=known.gpu if known else self._default_gpu,
+                    bytes=(known.size_bytes or 0) if known else 0,
+                    reason=outcome.reason,
+                    residue_bytes=outcome.result.residue_bytes,
+                    residue_by=outcome.result.residue_by,
                 )
             )
-        self._next_refresh_at = min(self._next_refresh_at, now + self._refresh_interval_s)
-        return events
+        self._next_refresh_at = min(self._next_refresh_at, now)
 
     def _sample(self) -> TelemetrySnapshot | None:
         try:

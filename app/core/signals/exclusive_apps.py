@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 
 from app.core.policy.signals import GameSignal
+from app.core.settings import Settings
 from app.core.signals.process_scan import ProcessInfo, ProcessScanner, ProcessTable, TableSignalSource
 
 
@@ -42,6 +43,10 @@ class ExclusiveApps(TableSignalSource):
         with self._lock:
             self._wanted = wanted
             self._generation = -1
+
+    def update_settings(self, settings: Settings) -> None:
+        super().update_settings(settings)
+        self.set_names(settings.exclusive_apps)
 
     def _enabled(self) -> bool:
         return bool(self._wanted)  # an empty list costs no process walk

@@ -23,6 +23,7 @@ from dbus_fast.aio import MessageBus
 
 from app.core.aio_thread import AsyncioThread
 from app.core.policy.signals import GameSignal
+from app.core.settings import Settings
 from app.core.signals import dbus_calls
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class GameModeWatcher(dbus_calls.BusWatcher):
     def active(self) -> tuple[GameSignal, ...]:
         with self._lock:
             return self._snapshot
+
+    def update_settings(self, settings: Settings) -> None:
+        pass  # GameMode says what runs; no setting changes how we listen
 
     def _closed(self) -> None:
         with self._lock:

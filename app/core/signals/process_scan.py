@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import psutil
 
 from app.core.policy.signals import GameSignal
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +305,10 @@ class TableSignalSource:
                 self._signals = self._signals_from(table)
                 self._generation = table.generation
             return self._signals
+
+    def update_settings(self, settings: Settings) -> None:
+        """The shared scanner walks at the new process_check_interval_secs from its next walk."""
+        self.scanner.interval_s = settings.process_check_interval_secs
 
     def close(self) -> None:
         with self._lock:

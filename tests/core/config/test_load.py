@@ -139,12 +139,12 @@ def test_a_schema_1_key_in_a_schema_2_file_names_the_new_key(tmp_path: Path) -> 
 
 
 def test_config_errors_carry_the_first_problem_and_all_of_them(tmp_path: Path) -> None:
-    path = write(tmp_path / "c.toml", 'api_port = 0\nauto_evict = "no"\n')
+    path = write(tmp_path / "c.toml", 'api_port = 70000\nauto_evict = "no"\n')
     with pytest.raises(ConfigErrors) as caught:
         load_settings(path)
     error = caught.value
     assert isinstance(error, ConfigError) and isinstance(error, VramError)
-    assert (error.key, error.value, error.line) == ("api_port", 0, 1)
+    assert (error.key, error.value, error.line) == ("api_port", 70000, 1)
     assert [(p.key, p.line) for p in error.problems] == [("api_port", 1), ("auto_evict", 2)]
     assert str(error).splitlines() == [p.message for p in error.problems]
     problem = error.to_problem()

@@ -147,7 +147,7 @@ def test_a_migration_that_cannot_be_written_still_loads(
     def refuse(path: Path, text: str, **_: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(config_module, "_write_atomic", refuse)
+    monkeypatch.setattr(config_module, "write_atomic", refuse)
     settings = load_settings(v1_file)
     assert settings.reserved_system_vram == 1536 * MiB
     assert v1_file.read_text() == V1

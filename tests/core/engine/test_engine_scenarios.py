@@ -12,10 +12,10 @@ from collections.abc import Callable
 import pytest
 
 from app.core.config import AppRule, Settings
-from app.core.engine.replay import replay
 from app.core.events import Event
 from app.core.gpu.simulated import ManualClock
 from app.core.policy.contention import Command
+from app.core.replay import replay
 from app.core.units import GiB
 from app.core.wiring import Runtime, build_runtime
 

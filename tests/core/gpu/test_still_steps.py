@@ -109,7 +109,8 @@ def test_still_steps_skip_the_full_tick_until_something_moves(fake_nvml: FakeNvm
     clock.advance(0.1)
     future = steward.submit(Command(kind="pause"))
     paused = steward.step()
-    assert paused.state == "paused" and future.result(timeout=1) is paused
+    outcome = future.result(timeout=1)
+    assert paused.state == "paused" and outcome.command == "pause" and outcome.state == "paused"
     steward.submit(Command(kind="resume"))
     clock.advance(0.1)
     resumed = steward.step()

@@ -72,7 +72,7 @@ def test_through_the_manager_verify_names_the_tampered_chunk(tmp_path: Path) -> 
     assert sealed is not None and sealed.digest == expected_digest(data)
     world.manager.tamper_for_tests("m", offset=len(data) - 1)  # the very last byte: the short last chunk
     with pytest.raises(SealVerificationFailed) as info:
-        world.manager.verify("m")
+        world.manager.verify_now("m")
     assert info.value.damaged_chunks == [len(data) // CHUNK]
 
 

@@ -63,11 +63,11 @@ def test_verify_passes_then_names_the_tampered_chunk(tmp_path: Path) -> None:
     write_model(tmp_path / "m.bin", 2 * MiB)
     world = make_world(tmp_path, [("m", tmp_path / "m.bin")])
     world.manager.load_blocking("m", timeout_s=10)
-    verified = world.manager.verify("m")
+    verified = world.manager.verify_now("m")
     assert verified.digest == world.manager.manifest("m").digest  # type: ignore[union-attr]
     world.manager.tamper_for_tests("m", offset=17 * CHUNK + 3)
     with pytest.raises(SealVerificationFailed) as info:
-        world.manager.verify("m")
+        world.manager.verify_now("m")
     assert info.value.damaged_chunks == [17] and "chunk 17" in info.value.message
     assert not info.value.retriable
     critical = [e for e in world.audit.read() if e["type"] == "SealVerificationFailed"]
@@ -241,7 +241,7 @@ def test_unknown_models_and_verify_of_a_model_not_loaded_are_invalid_input(tmp_p
     with pytest.raises(InvalidInput, match=r"unknown model 'x'.*known: m"):
         world.manager.start_load("x")
     with pytest.raises(InvalidInput, match="not resident"):
-        world.manager.verify("m")
+        world.manager.verify_now("m")
 
 
 def test_unload_is_not_restored_and_close_frees_all(tmp_path: Path) -> None:

@@ -60,10 +60,10 @@ def test_spawned_host_seals_verifies_and_ends_when_evicted(tmp_path: Path) -> No
         assert sealed is not None and sealed.digest == expected_digest(data)
         (pid,) = manager.pids()
         assert pid != os.getpid() and psutil.pid_exists(pid)
-        assert manager.verify("m").digest == sealed.digest
+        assert manager.verify_now("m").digest == sealed.digest
         manager.tamper_for_tests("m", offset=3 * CHUNK)
         with pytest.raises(SealVerificationFailed) as info:
-            manager.verify("m")
+            manager.verify_now("m")
         assert info.value.damaged_chunks == [3]
         (event,) = manager.evict(["m"], "user")
         assert isinstance(event, ev.VramDeallocated) and event.bytes == len(data)
@@ -89,5 +89,30 @@ def test_sigkill_of_the_spawned_host_is_noticed_in_one_poll(tmp_path: Path) -> N
         assert manager.models()[0].state == ModelState.EVICTED
         assert manager.load_blocking("m", timeout_s=60) is not None  # a new host
         assert manager.pids() and pid not in manager.pids()
+    finally:
+        manager.close()
+
+
+def test_a_stopped_host_does_not_stall_the_eviction(tmp_path: Path) -> None:
+    """A host stopped with SIGSTOP (or hung) never answers the free: it is killed after the short free
+    timeout, which frees its memory all the same; the eviction is bounded, not 60 s per request plus a
+    minute's wait for the exit."""
+    data = write_model(tmp_path / "m.bin", 2 * MiB)
+    manager = spawned_manager(tmp_path, tmp_path / "m.bin")
+    try:
+        manager.load_blocking("m", timeout_s=60)
+        (pid,) = manager.pids()
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        events = manager.evict(["m"], "game")
+        took_s = time.monotonic() - started
+        assert took_s < 3.0, f"the eviction waited {took_s:.1f} s on a stopped host"
+        assert gone(pid, timeout_s=1.0), "the stopped host must be killed"
+        reported = [*events, *manager.poll()]
+        assert [e.pid for e in reported if isinstance(e, ev.HostDied)] == [pid]
+        freed = [e for e in reported if isinstance(e, ev.VramDeallocated) and e.model == "m"]
+        assert len(freed) == 1 and freed[0].bytes == len(data)
+        assert manager.models()[0].state == ModelState.EVICTED
+        assert manager.pids() == set()
     finally:
         manager.close()

@@ -135,7 +135,7 @@ def test_a_model_a_client_loads_while_held_is_evicted_again(
 ) -> None:
     holder = make_holder(world, router)
     holder.poll()
-    holder.set_hold(True, "game")
+    holder.set_hold("game")
     router.client_load(GEMMA)
     events = poll_for(holder, world, 5.0)
     reloads = kinds(events, "ModelReloadedWhileHeld")

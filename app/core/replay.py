@@ -1,5 +1,8 @@
 """Replay: the whole engine (policy, simulated residency, scenario game signals) on simulated time, as fast
-as it can run. Users try settings with it before trusting them; tests and the documentation use it."""
+as it can run. Users try settings with it before trusting them; tests and the documentation use it.
+
+It assembles a runtime through app.core.wiring and words events with app.core.notify, so it sits beside the
+wiring rather than in app/core/engine (which imports neither: see the import-linter contracts)."""
 
 from __future__ import annotations
 
