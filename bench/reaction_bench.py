@@ -73,6 +73,13 @@ def wait_until(pred: Any, timeout_s: float, step_s: float = 0.0005) -> bool:
     return False
 
 
+_T0 = time.monotonic()
+
+
+def progress(what: str) -> None:
+    print(f"[{time.monotonic() - _T0:7.1f} s] {what}", flush=True)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -127,7 +134,9 @@ def main() -> int:
 
     model_bytes = int(args.model_gib * GiB)
 
+    progress("engine started; waiting for the model")
     assert wait_until(resident, 120, 0.01), "the model never became resident"
+    progress("resident; measuring idle cost")
     results: dict[str, Any] = {
         "model_bytes": model_bytes,
         "poll_interval_s": settings.poll_interval_secs,
@@ -184,6 +193,7 @@ def main() -> int:
     ] / max(results["idle_cpu_percent_holding_model"], 1e-9)
 
     # --- reaction to a foreign allocation ----------------------------------------------------------
+    progress("idle measured; reaction to foreign allocations")
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=foreign_child, args=(child,), daemon=True)
@@ -195,6 +205,7 @@ def main() -> int:
     failures: list[str] = []
     for trial in range(args.trials):
         assert wait_until(ready, 120, 0.01), f"trial {trial}: model not resident again"
+        progress(f"allocation trial {trial}")
         time.sleep(0.3 + (trial % 10) * 0.01)  # spread the phase against the poll interval
         pids = host_pids()
         free = nvml.nvmlDeviceGetMemoryInfo(handle).free
@@ -232,6 +243,7 @@ def main() -> int:
     signal_model_ms: list[float] = []
     for trial in range(args.trials):
         assert wait_until(ready, 120, 0.01), f"signal trial {trial}: model not resident again"
+        progress(f"signal trial {trial}")
         time.sleep(0.3 + (trial % 7) * 0.013)  # spread the phase against the poll interval
         pids = host_pids()
         low = device_free()
