@@ -156,8 +156,8 @@ class ApiServer:
             self._runner = None
             raise ApiPortUnavailable(self.host, self.port, exc) from exc
         self.steward.subscribe_snapshots(self._after_tick)
-        sockets = getattr(site._server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        addresses = self._runner.addresses  # (host, port[, ...]) of every bound socket
+        self.bound_port = int(addresses[0][1]) if addresses else self.port
         if self.endpoint_file is not None:
             self._endpoint_written = write_endpoint(self.endpoint_file, self.host, self.bound_port)
         logger.info("API listening on http://%s:%s", self.host, self.bound_port)

@@ -318,7 +318,7 @@ class Steward:
             )
         )
         self._note_games(games)
-        self._act(decision, telemetry, requests)
+        self._act(decision, requests)
         self._last_decision = decision
 
         snapshot = StewardSnapshot(
@@ -546,12 +546,12 @@ class Steward:
                 expected[m.gpu] = expected.get(m.gpu, 0) + m.size_bytes
         return expected
 
-    def _act(self, decision: Decision, telemetry: TelemetrySnapshot, requests: list[_Request]) -> None:
+    def _act(self, decision: Decision, requests: list[_Request]) -> None:
         refused: dict[int, str] = {}
         for action in decision.actions:
             try:
                 if isinstance(action, Evict):
-                    self._evict(action, telemetry)
+                    self._evict(action)
                 elif isinstance(action, Reload):
                     self._reload(action)
                 elif isinstance(action, RefuseLoads):
@@ -650,20 +650,30 @@ class Steward:
         if not request.future.done():
             request.future.set_exception(InvalidInput(message))
 
-    def _evict(self, action: Evict, before: TelemetrySnapshot) -> None:
+    def _evict(self, action: Evict) -> None:
+        """Hand the models to their holders to free (each returns at once; the frees, verified, arrive as
+        VramDeallocated events). `freed_bytes` is what those models held: a before/after difference of free
+        VRAM would count a foreign process's allocations meanwhile, and a holder still freeing as nothing."""
+        held = {m.name: m for m in self._models()}
+        freed: int | None = 0
+        for name in action.models:
+            status = held.get(name)
+            if status is None or status.state not in (ModelState.RESIDENT, ModelState.LOADING):
+                continue
+            size = status.size_bytes if status.state == ModelState.RESIDENT else status.progress_done_bytes
+            freed = None if size is None or freed is None else freed + size
         by_holder: dict[int, tuple[Holder, list[str]]] = {}
         for name in action.models:
             holder = self._holder_for(name)
             if holder is not None:
                 by_holder.setdefault(id(holder), (holder, []))[1].append(name)
-        duration_s = 0.0  # time spent freeing, not publishing
+        duration_s = 0.0  # time spent handing the frees over (a holder's own wait is not the engine's)
         for holder, names in by_holder.values():
             started = self.clock()
             freed_events = holder.evict(names, action.reason)
             duration_s += self.clock() - started
             for event in freed_events:
                 self._emit(event)
-        freed = self._measure_freed(action.gpu, before)
         self._emit(
             ev.ModelsEvicted(
                 at=self.clock(),
@@ -675,16 +685,6 @@ class Steward:
                 duration_s=duration_s,
             )
         )
-
-    def _measure_freed(self, gpu: int, before: TelemetrySnapshot) -> int | None:
-        """Bytes that came back on `gpu`, as NVML sees it: free after minus free before."""
-        prior = before.gpu(gpu)
-        if prior is None or prior.state != GpuState.OK:
-            return None
-        after = self.backend.sample().gpu(gpu)
-        if after is None or after.state != GpuState.OK:
-            return None
-        return max(after.free_bytes - prior.free_bytes, 0)
 
     def _reload(self, action: Reload) -> None:
         started: list[str] = []
