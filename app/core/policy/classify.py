@@ -2,10 +2,12 @@
 contention policy watches (DESIGN.md, "Contention policy").
 
 Foreign VRAM is everything that is not ours (self) or a model server's we manage (managed). Part of it is
-tolerated: the desktop's baseline. Each desktop process is tolerated up to the VRAM it used when we first
-saw it (capped at `baseline_max_process_vram`); a process under a per-app "ignore" rule is tolerated
-whatever it uses (and the policy counts its VRAM as free, so it never triggers); games and other processes
-are not tolerated at all. `foreign_bytes - baseline_bytes` is therefore "how much the foreign processes grew
+tolerated: the desktop. The display server, the compositor, browsers and the other desktop programs named
+in DESKTOP_PROCESS_NAMES are tolerated whatever they use, from the first sample on (only the headroom rule
+applies to them: README's promise that they are never a trigger); a process of the learned baseline (small
+and present when monitoring started) is tolerated up to the VRAM it used when we first saw it; a process
+under a per-app "ignore" rule is tolerated whatever it uses (and the policy counts its VRAM as free, so it
+never triggers); games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes` is therefore "how much the foreign processes grew
 beyond the desktop we started with", which is what the pressure threshold is compared with. Measuring per
 process (rather than one total taken at start) means a browser that exits does not leave slack that hides
 a game starting later.
@@ -311,7 +313,9 @@ class ProcessClassifier:
             if key in ignored:
                 allowed = used
                 ignored_bytes += used
-            elif role == Role.DESKTOP:
+            elif role == Role.DESKTOP and executable_name(proc.name) in DESKTOP_PROCESS_NAMES:
+                allowed = used  # the display server, compositor and browsers never count as growth
+            elif role == Role.DESKTOP:  # the learned baseline: each process against its own first size
                 allowed = min(used, self._first_seen_bytes.get(key, used), cap)
             tolerated += allowed
             growth[key] = used - allowed

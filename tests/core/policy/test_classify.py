@@ -153,16 +153,19 @@ def test_known_desktop_names_are_desktop_even_when_they_appear_later() -> None:
     assert result.growth(0) == 0
 
 
-def test_a_desktop_process_is_tolerated_only_up_to_its_first_size_and_the_cap() -> None:
+def test_desktop_programs_never_count_as_growth_and_the_learned_baseline_has_its_own_sizes() -> None:
     c = classifier()
-    classify(c, [proc(103, "firefox", 350 * MiB)])
-    grown = classify(c, [proc(103, "firefox", 350 * MiB + 2 * GiB)])
-    assert grown.role(0, 103) == Role.DESKTOP
-    assert grown.growth(0) == 2 * GiB  # a WebGL game in the browser is pressure
+    classify(c, [proc(103, "firefox", 350 * MiB), proc(700, "conky", 100 * MiB)])
+    grown = classify(c, [proc(103, "firefox", 350 * MiB + 2 * GiB), proc(700, "conky", 400 * MiB)])
+    assert grown.role(0, 103) == Role.DESKTOP and grown.role(0, 700) == Role.DESKTOP
+    # the browser is never a trigger by growth (README); the learned small process, against its own size
+    assert grown.growth_bytes[(0, 103)] == 0
+    assert grown.growth_bytes[(0, 700)] == 300 * MiB
+    assert grown.growth(0) == 300 * MiB
     c2 = classifier()
     classify(c2, [])
-    big = classify(c2, [proc(900, "chrome", 1 * GiB)])  # a browser first seen large: only 512 MiB tolerated
-    assert big.growth(0) == 1 * GiB - 512 * MiB
+    big = classify(c2, [proc(900, "chrome", 1 * GiB)])  # a browser first seen large: tolerated all the same
+    assert big.growth(0) == 0
 
 
 def test_per_app_ignore_rule_makes_a_process_desktop_and_never_growth() -> None:

@@ -34,15 +34,23 @@ def blender(used_bytes: int) -> GpuProcess:
 # --- the triggers -----------------------------------------------------------------------------------
 
 
-def test_a_browser_growing_by_300_mib_never_evicts() -> None:
+def test_a_browser_growing_never_evicts_while_the_headroom_holds() -> None:
     world = world_with_models()
     decisions = []
-    for step in range(31):  # 350 MiB -> 650 MiB over ten minutes, 10 MiB at a time
-        world.set_process(0, proc(103, "/usr/lib/firefox/firefox", (350 + 10 * step) * MiB))
+    for step in range(31):  # 350 MiB -> 1.85 GiB over ten minutes, 50 MiB at a time: far past the threshold
+        world.set_process(0, proc(103, "/usr/lib/firefox/firefox", (350 + 50 * step) * MiB))
         decisions += world.run(20, step_s=0.5)
     assert actions_of(decisions, Evict) == []
-    assert world.last_classification is not None and world.last_classification.growth(0) == 300 * MiB
+    assert world.last_classification is not None and world.last_classification.growth(0) == 0
     assert {d.state for d in decisions} == {EngineState.ACTIVE}
+
+
+def test_a_browser_that_eats_into_the_headroom_is_pressure() -> None:
+    world = world_with_models()
+    world.run(1)
+    world.set_process(0, proc(103, "/usr/lib/firefox/firefox", 5 * GiB))  # free VRAM now under the headroom
+    evicts = actions_of(world.run(1), Evict)
+    assert evicts and "headroom" in evicts[0].trigger
 
 
 def test_sustained_growth_above_the_threshold_evicts_on_exactly_the_nth_sample() -> None:
