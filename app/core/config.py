@@ -251,7 +251,10 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
 
 SPECS_BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SETTING_SPECS}
 
-SERVER_KINDS = ("ollama", "llama_cpp", "llama_swap")
+SERVER_KINDS = (
+    "ollama", "llama_cpp", "llama_swap", "lm_studio", "text_generation_webui", "vllm", "sglang",
+    "comfyui", "a1111", "forge", "invokeai", "localai", "koboldcpp",
+)  # fmt: skip
 RULE_ACTIONS = ("evict", "ignore")
 _KEEP_ALIVE_RE = re.compile(r"^-?\d+(\.\d+)?(ms|s|m|h)?$")
 
@@ -282,6 +285,7 @@ TABLE_SPECS: tuple[TableSpec, ...] = (
         _field("url", _T, "URL", "Where the server listens (http or https).", required=True),
         _field("keep_alive", _T, "Keep alive", 'How long the server keeps a model loaded ("5m", "-1").',
                "5m"),
+        _field("api_key", _T, "API key", "Sent as a bearer token, for a server that requires one.", ""),
     )),
 )  # fmt: skip
 
@@ -942,7 +946,7 @@ def _entry_fields(table: str, entry: Any, settings: Settings, *, complete: bool 
         defaults: dict[str, Any] = {"gpu": settings.gpu_device, "priority": 0, "variants": []}
     else:
         fields = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
-        defaults = {"keep_alive": "5m"}
+        defaults = {"keep_alive": "5m", "api_key": ""}
     if complete:
         return fields
     return {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}

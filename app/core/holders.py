@@ -37,6 +37,9 @@ class ModelStatus:
     progress_done_bytes: int | None = None  # while LOADING
     progress_total_bytes: int | None = None
     last_error: str | None = None
+    # An app with no call to load a model again (ComfyUI, InvokeAI): freed by us, it is not restored but
+    # comes back on its own at the app's next use (state UNLOADED while it has not).
+    comes_back_on_next_use: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -52,6 +55,7 @@ class ModelStatus:
             "progress_done_bytes": self.progress_done_bytes,
             "progress_total_bytes": self.progress_total_bytes,
             "last_error": self.last_error,
+            "comes_back_on_next_use": self.comes_back_on_next_use,
         }
 
 

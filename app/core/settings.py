@@ -30,9 +30,10 @@ class AppRule:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    kind: str  # "ollama" | "llama_cpp" | "llama_swap"
+    kind: str  # one of config.SERVER_KINDS: "ollama", "llama_cpp", "lm_studio", "vllm", ...
     url: str
     keep_alive: str = "5m"
+    api_key: str = ""  # sent as "Authorization: Bearer <api_key>" when set (LM Studio, vLLM, ...)
 
 
 @dataclass(frozen=True)

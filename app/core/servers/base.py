@@ -76,13 +76,21 @@ class JsonHttpClient:
     """GET and POST JSON against one server's base URL, each with a timeout. Thread-safe (no shared state
     besides the request counter, which is informational)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, label: str = "the server"):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        label: str = "the server",
+        bearer: str = "",
+    ):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"{label}: url {base_url!r} is not an http:// or https:// URL with a host")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.label = label
+        self.bearer = bearer  # sent as "Authorization: Bearer <bearer>" when set (a server's API key)
         self.requests_sent = 0
 
     def url(self, path: str) -> str:
@@ -116,6 +124,8 @@ class JsonHttpClient:
         headers = {"Accept": "application/json", "Connection": "close"}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
         cut = threading.Event()
 
         def cut_off() -> None:  # at the deadline: end the exchange, whatever it is waiting for

@@ -27,6 +27,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -94,6 +95,7 @@ class _Known:
     last_error: str | None = None
     load: concurrent.futures.Future[None] | None = None
     load_answered: bool = False  # the load request completed: the next listing must show the model
+    comes_back_on_next_use: bool = False  # the app cannot be asked to load it: its next use does
     warned_partly_on_cpu: bool = False
     pids: frozenset[int] = field(default_factory=frozenset)
 
@@ -158,12 +160,22 @@ class BackgroundRunner(Protocol):
     def __call__(self, fn: Callable[[], T], /) -> concurrent.futures.Future[T]: ...
 
 
+class ComesBackOnNextUse(ServerError):
+    """What `_load` raises for an app that has no call to load a model again (ComfyUI, InvokeAI): the model
+    is shown as UNLOADED with `comes_back_on_next_use`, and the app's next use (a prompt, an invocation)
+    loads it. Not a failure: no event."""
+
+
 class ServerHolder(abc.ABC):
     """ModelHolder over a model server's HTTP API; subclasses set `name` and implement the abstract parts."""
 
     name: str = "server"
     display_name: str = "the server"
     role = HolderRole.MANAGED
+    # The app's processes stay after a free (ComfyUI, A1111/Forge, InvokeAI keep their CUDA context and
+    # only drop their models): a free expects the models' own bytes back (ServedModel.vram_bytes), not
+    # everything its processes hold. False: the runners exit and give back all they hold (Ollama's runners).
+    runners_stay: bool = False
 
     def __init__(
         self,
@@ -183,7 +195,10 @@ class ServerHolder(abc.ABC):
     ) -> None:
         self.config = config
         self.client = JsonHttpClient(
-            config.url, timeout_s=timeout_s, label=f"{self.display_name} at {config.url}"
+            config.url,
+            timeout_s=timeout_s,
+            label=f"{self.display_name} at {config.url}",
+            bearer=config.api_key,
         )
         self._backend = backend
         self._find_runners = find_runners
@@ -236,6 +251,7 @@ class ServerHolder(abc.ABC):
                 holder=self.name,
                 digest=k.digest,
                 last_error=k.last_error or down,
+                comes_back_on_next_use=k.comes_back_on_next_use,
             )
             for k in self._known.values()
         ]
@@ -303,11 +319,12 @@ class ServerHolder(abc.ABC):
         """A changed url or keep_alive for this server applies from the next request."""
         for config in settings.servers:
             if config.kind == self.config.kind and config != self.config:
-                if config.url != self.config.url:
+                if config.url != self.config.url or config.api_key != self.config.api_key:
                     self.client = JsonHttpClient(
                         config.url,
                         timeout_s=self.client.timeout_s,
                         label=f"{self.display_name} at {config.url}",
+                        bearer=config.api_key,
                     )
                     self._next_refresh_at = float("-inf")
                 self.config = config
@@ -328,10 +345,12 @@ class ServerHolder(abc.ABC):
 
     def _runners_now(self) -> list[RunnerProcess]:
         try:
-            return self._find_runners()
+            found = self._find_runners()
         except Exception:  # psutil trouble must never take the engine down
             logger.exception("%s: listing runner processes failed", self.name)
             return self._runners
+        port = _url_port(self.config.url)  # an app's processes started for another port are another's
+        return [r for r in found if r.port is None or port is None or r.port == port]
 
     def _list_in_background(self, epoch: int) -> _Listing:
         """On a background thread: ask the server what it holds, then find its runners."""
@@ -407,6 +426,10 @@ class ServerHolder(abc.ABC):
                 known.load_answered = True
                 self._next_refresh_at = min(self._next_refresh_at, self._clock())  # show it resident soon
                 continue
+            if isinstance(exc, ComesBackOnNextUse):
+                known.state, known.comes_back_on_next_use, known.last_error = ModelState.UNLOADED, True, None
+                logger.info("%s: %s comes back at its next use (%s)", self.name, known.name, exc.message)
+                continue
             message = exc.message if isinstance(exc, ServerError) else f"{type(exc).__name__}: {exc}"
             known.state = ModelState.FAILED
             known.last_error = message
@@ -437,6 +460,7 @@ class ServerHolder(abc.ABC):
             known.gpu, known.digest = gpu, model.digest or known.digest
             known.size_bytes = size if size is not None else known.size_bytes
             known.pids = pids or frozenset()
+            known.comes_back_on_next_use = False
             if model.state == ModelState.RESIDENT:
                 if was_loading_by_us:
                     events.append(ev.VramAllocated(at=now, model=model.name, gpu=gpu, bytes=size or 0))
@@ -519,7 +543,7 @@ class ServerHolder(abc.ABC):
         watch = set().union(*(t.pids for t in targets)) if per_model else self.pids()
         before = measure(self._backend.sample(), watch) if watch or everything else None
         expected = sum(k.size_bytes or 0 for k in targets)
-        if before is not None and (per_model or everything):
+        if before is not None and (per_model or everything) and not self.runners_stay:
             expected = max(expected, before.total_bytes)  # the runners go away entirely, context and all
         gpus = {k.gpu for k in targets}
         names = tuple(k.name for k in targets)
@@ -654,6 +678,13 @@ class ServerHolder(abc.ABC):
         if len(per_gpu) == 1 or model.vram_bytes is None:
             return max(per_gpu, key=lambda g: per_gpu[g]), model.vram_bytes
         return min(per_gpu, key=lambda g: abs(per_gpu[g] - (model.vram_bytes or 0))), model.vram_bytes
+
+
+def _url_port(url: str) -> int | None:
+    try:
+        return urllib.parse.urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def require(condition: bool, message: str) -> None:
