@@ -84,6 +84,10 @@ class StewardSnapshot:
             "reasons": list(self.reasons),
             "paused": self.paused,
             "resume_at": self.resume_at,
+            # the countdown people see: seconds until the models may come back (`reasons` says why they wait)
+            "resume_in_s": (
+                None if self.resume_at is None else max(self.resume_at - self.telemetry.taken_at, 0.0)
+            ),
             "notes": list(self.notes),
             "games": [
                 {"name": g.name, "source": g.source, "pid": g.pid, "app_id": g.app_id} for g in self.games
@@ -156,6 +160,7 @@ class Steward:
         self._backend_state: BackendState | None = None
         self._lost: set[int] = set()
         self._hold: str | None = None  # what the holders were last told (Decision.hold)
+        self._out_since: dict[int, float] = {}  # GPU -> when its models were first evicted (Resumed.after_s)
         self._sleep_waiters: list[_Request] = []  # PrepareForSleep(True): done once we hold no VRAM
         if autoload:  # keep the user's models resident: load every configured model at start
             for model in self._models():
@@ -667,6 +672,7 @@ class Steward:
             holder = self._holder_for(name)
             if holder is not None:
                 by_holder.setdefault(id(holder), (holder, []))[1].append(name)
+        self._out_since.setdefault(action.gpu, self.clock())
         duration_s = 0.0  # time spent handing the frees over (a holder's own wait is not the engine's)
         for holder, names in by_holder.values():
             started = self.clock()
@@ -698,7 +704,9 @@ class Steward:
             except VramError as exc:
                 self._emit(ev.LoadRefused(at=self.clock(), model=name, gpu=action.gpu, reason=exc.code))
         if started:
-            self._emit(ev.Resumed(at=self.clock(), gpu=action.gpu, models=tuple(started), after_s=0.0))
+            now = self.clock()
+            out_for = now - self._out_since.pop(action.gpu, now)
+            self._emit(ev.Resumed(at=now, gpu=action.gpu, models=tuple(started), after_s=out_for))
 
     def _note_games(self, games: Sequence[GameSignal]) -> None:
         seen = self._games_seen

@@ -7,8 +7,9 @@ in DESKTOP_PROCESS_NAMES are tolerated whatever they use, from the first sample 
 applies to them: README's promise that they are never a trigger); a process of the learned baseline (small
 and present when monitoring started) is tolerated up to the VRAM it used when we first saw it; a process
 under a per-app "ignore" rule is tolerated whatever it uses (and the policy counts its VRAM as free, so it
-never triggers); games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes` is therefore "how much the foreign processes grew
-beyond the desktop we started with", which is what the pressure threshold is compared with. Measuring per
+never triggers); games and other processes are not tolerated at all. `foreign_bytes - baseline_bytes` is
+therefore "how much the foreign processes grew beyond the desktop", which is what the pressure threshold is
+compared with. Measuring per
 process (rather than one total taken at start) means a browser that exits does not leave slack that hides
 a game starting later.
 """

@@ -87,6 +87,7 @@ class _Game:
     signal: GameSignal
     gpus: frozenset[int]  # the GPUs its processes are on; empty: on none yet, so it concerns every GPU
     forced: bool  # a per-app "evict" rule names it: evicts even with auto_pause_for_gaming off
+    pids: frozenset[int] = frozenset()  # its processes on the GPUs now
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class ContentionPolicy:
         self._out_for_sleep: set[int] = set()
         self._rule_games_since: dict[int, float] = {}
         self._hold: str | None = None  # why the GPU is kept free (Decision.hold)
+        self._game_gpus: dict[tuple[object, ...], frozenset[int]] = {}  # game -> GPUs its processes used
 
     @property
     def settings(self) -> Settings:
@@ -174,15 +176,21 @@ class ContentionPolicy:
             )
 
         games = self._games(inputs, now)
-        # "Resume now" while a game runs: the user keeps the models for that game (until it ends); foreign
-        # pressure still applies, so a game that really needs the memory still gets it.
+        # "Resume now" while a game runs: the user keeps the models for that game (until it ends), and
+        # pressure from other processes still applies
         present = {game.signal.key for game in games}
         if any(c.kind == "resume" for c in inputs.commands):
             self._overridden_games |= present
         self._overridden_games &= present
+        # ... and that game's own processes are no pressure either while it runs (the user chose)
+        excused = frozenset(
+            pid for game in games if game.signal.key in self._overridden_games for pid in game.pids
+        )
         games = [game for game in games if game.signal.key not in self._overridden_games]
         outcomes = [
-            self._decide_gpu(index, snapshot.gpu(index), inputs, games, now, index in evict_now, resume_now)
+            self._decide_gpu(
+                index, snapshot.gpu(index), inputs, games, now, index in evict_now, resume_now, excused
+            )
             for index in indexes
         ]
         self._warned = {game.signal.key for game in games}
@@ -271,7 +279,14 @@ class ContentionPolicy:
             }
             covered |= {pid for _, pid in on}
             forced = rule is not None and rule.action == "evict"
-            games.append(_Game(signal, frozenset(index for index, _ in on), forced))
+            # A game is tied to the GPUs its processes were seen on: before they show, it concerns every
+            # GPU (we cannot know yet); after, only those, even once its process has exited while its
+            # signal lingers (its end then frees nothing on the other GPUs).
+            seen = self._game_gpus.get(signal.key, frozenset()) | {index for index, _ in on}
+            self._game_gpus[signal.key] = seen
+            games.append(_Game(signal, seen, forced, frozenset(pid for _, pid in on)))
+        present_keys = {g.key for g in inputs.games}
+        self._game_gpus = {key: gpus for key, gpus in self._game_gpus.items() if key in present_keys}
         by_rule: dict[int, set[int]] = {}
         names: dict[int, str] = {}
         for gpu in snapshot.gpus:
@@ -310,6 +325,7 @@ class ContentionPolicy:
         now: float,
         evict_now: bool,
         resume_now: set[int],
+        excused: frozenset[int] = frozenset(),
     ) -> _GpuOutcome:
         s = self._settings
         out = _GpuOutcome()
@@ -353,7 +369,9 @@ class ContentionPolicy:
             hot=self._update_heat(gpu),
             games=here,
             evicting_games=tuple(g for g in here if g.forced or s.auto_pause_for_gaming),
-            pressure=measure_pressure(gpu, inputs.classification, s, given_back_bytes=given_back),
+            pressure=measure_pressure(
+                gpu, inputs.classification, s, given_back_bytes=given_back, excused_pids=excused
+            ),
             dedicated=self._dedicated_block(gpu, inputs),
         )
         contention = bool(here) or cond.pressure.holds or cond.hot

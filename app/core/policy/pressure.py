@@ -44,12 +44,22 @@ def display_name(process_name: str) -> str:
 
 
 def measure_pressure(
-    gpu: GpuSnapshot, classification: Classification, settings: Settings, *, given_back_bytes: int
+    gpu: GpuSnapshot,
+    classification: Classification,
+    settings: Settings,
+    *,
+    given_back_bytes: int,
+    excused_pids: frozenset[int] = frozenset(),
 ) -> Pressure:
+    """`excused_pids`: processes that are no pressure for now (a game the user chose to keep the models
+    for with "Resume now"): their VRAM counts as free, like an "ignore" rule's, until that game ends."""
     headroom = settings.headroom_bytes(gpu.total_bytes)
     threshold = settings.pressure_threshold_bytes(gpu.total_bytes)
-    free = gpu.free_bytes + classification.ignored_bytes(gpu.index)
-    growth = classification.growth(gpu.index)
+    excused = [p for p in gpu.processes if p.pid in excused_pids]
+    free = gpu.free_bytes + classification.ignored_bytes(gpu.index) + sum(p.used_bytes or 0 for p in excused)
+    growth = classification.growth(gpu.index) - sum(
+        classification.growth_bytes.get((gpu.index, p.pid), 0) for p in excused
+    )
     short = headroom - free
     excess = growth - threshold
     holds = short > 0 or excess > 0

@@ -131,3 +131,29 @@ def test_callers_on_other_threads_never_touch_engine_state(engine: Any) -> None:
         t.join()
     steward.tick()
     assert len(futures) == 20 and all(f.result(timeout=1).command == "show" for f in futures)
+
+
+def test_resumed_says_how_long_the_models_were_out(engine: Any) -> None:
+    """game-launch: evicted when GameMode registers the game at 20 s, back 30 s after its signal ends at
+    121 s: out for about 131 s, not "0 s"."""
+    steward, clock, events = engine
+    snapshot = steward.tick()
+    while clock() < 200:
+        clock.advance(snapshot.next_poll_s)
+        snapshot = steward.tick()
+    evicted = next(e for e in events if isinstance(e, ev.ModelsEvicted))
+    resumed = next(e for e in events if isinstance(e, ev.Resumed))
+    assert resumed.after_s == pytest.approx(resumed.at - evicted.at)
+    assert 125 <= resumed.after_s <= 140, resumed.after_s
+
+
+def test_the_status_document_counts_down_to_the_reload(engine: Any) -> None:
+    steward, clock, _events = engine
+    snapshot = steward.tick()
+    while clock() < 125:  # the game's signal ended at 121 s: the cooldown runs to 151 s
+        clock.advance(snapshot.next_poll_s)
+        snapshot = steward.tick()
+    status = snapshot.to_status()
+    assert status["resume_in_s"] == pytest.approx(snapshot.resume_at - snapshot.telemetry.taken_at)
+    assert 25 <= status["resume_in_s"] <= 30
+    assert status["reasons"], "the document says why the models wait"

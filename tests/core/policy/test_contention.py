@@ -53,6 +53,26 @@ def test_resume_now_during_a_game_brings_the_models_back_for_that_game_only() ->
     assert [e.reason for e in actions_of([world.tick(games=[CYBERPUNK, other])], Evict)] == ["game"]  # type: ignore[attr-defined]
 
 
+def test_resume_now_during_a_game_holds_against_that_games_own_pressure_and_keeps_the_cooldown() -> None:
+    """Resume now means "keep my models for this game": the game's own growth, even into the headroom, no
+    longer takes them again 2 s later, and the reload window does not double for it."""
+    world = world_with_models()
+    world.clock.advance(0.1)
+    world.tick(games=[CYBERPUNK])
+    world.set_process(0, proc(700, "Cyberpunk2077.exe", 2 * GiB))
+    world.clock.advance(1.0)
+    world.tick(games=[CYBERPUNK], commands=[Command(kind="resume")])
+    assert world.resident() == ["embedder", "llama-8b"]
+    world.set_process(0, proc(700, "Cyberpunk2077.exe", 6 * GiB))  # grows 4 GiB, free under the headroom
+    during = world.run(20, step_s=0.5, games=[CYBERPUNK])
+    assert actions_of(during, Evict) == [], "the user kept the models for this game"
+    assert world.policy.cooldown_s(0) == world.settings.resume_cooldown_secs
+    # another application's growth is pressure as ever
+    world.set_process(0, proc(900, "/usr/bin/blender", 2 * GiB))
+    later = world.run(2, step_s=0.1, games=[CYBERPUNK])
+    assert actions_of(later, Evict)
+
+
 def test_game_signal_evicts_everything_at_once_and_resumes_only_after_the_cooldown() -> None:
     world = world_with_models()
     world.clock.advance(0.1)
