@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # The order in which commands appear in --help.
-COMMAND_MODULES = ("status", "config_cmd", "models", "daemon", "control", "replay", "gui")
+COMMAND_MODULES = ("status", "config_cmd", "models", "games", "daemon", "control", "replay", "gui")
 
 
 def command_modules() -> list[str]:

@@ -19,6 +19,7 @@ class ModelState(enum.StrEnum):
     LOADING = "loading"
     RESIDENT = "resident"
     EVICTED = "evicted"  # freed by VRAM Steward; will be restored when the GPU is free
+    WAITING = "waiting"  # wanted, but refused for lack of free VRAM: loaded when there is room (last_error)
     FAILED = "failed"  # the last load failed; see last_error
 
 

@@ -30,6 +30,11 @@ def audit_log_file() -> Path:
     return state_dir() / "audit.jsonl"
 
 
+def game_peaks_file() -> Path:
+    """What each game needed last time (app/core/engine/game_peaks.py)."""
+    return state_dir() / "games.json"
+
+
 def log_file() -> Path:
     return log_dir() / "vram-steward.log"
 

@@ -16,7 +16,7 @@ from app.core.atomic import write_atomic
 from app.core.residency.reservations import DEFAULT_TTL_S, MAX_HOLDER_CHARS, MAX_TTL_S, MAX_WAIT_S
 
 MAX_LONG_POLL_S = 60.0
-DOCS_FILE = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+DOCS_FILE = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 
 _NULLABLE_INT = {"type": "integer", "nullable": True}
 _NULLABLE_NUMBER = {"type": "number", "nullable": True}
@@ -50,7 +50,10 @@ MODEL = {
         "name": {"type": "string"},
         "gpu": {"type": "integer"},
         "size_bytes": _NULLABLE_INT,
-        "state": {"type": "string", "enum": ["unloaded", "loading", "resident", "evicted", "failed"]},
+        "state": {
+            "type": "string",
+            "enum": ["unloaded", "loading", "resident", "evicted", "waiting", "failed"],
+        },
         "digest": {"type": "string", "nullable": True},
         "holder": {"type": "string"},
         "variants": {"type": "array", "items": {"type": "string"}},

@@ -32,6 +32,7 @@ from app.core.engine.commands import (
     PrepareForSleep,
     command_name,
 )
+from app.core.engine.game_peaks import GamePeaks, LearnedGame
 from app.core.errors import InvalidInput, VramError
 from app.core.events import AuditLog, Event
 from app.core.gpu.backend import GpuBackend
@@ -48,8 +49,9 @@ from app.core.policy.contention import (
     RefuseLoads,
     Reload,
     WarnGame,
+    game_usage_bytes,
 )
-from app.core.policy.signals import GameSignal, GameSignalSource
+from app.core.policy.signals import GameSignal, GameSignalSource, game_key
 from app.core.residency.ledger import Ledgers
 from app.core.settings import Settings
 
@@ -75,6 +77,7 @@ class StewardSnapshot:
     resume_at: float | None = None
     next_poll_s: float = 1.0
     tick: int = 0
+    learned_games: tuple[LearnedGame, ...] = ()  # what each game needed last time
 
     def to_status(self, settings: Settings | None = None) -> dict[str, Any]:
         """The `status --json` document (docs/status-json.md)."""
@@ -92,6 +95,7 @@ class StewardSnapshot:
             "games": [
                 {"name": g.name, "source": g.source, "pid": g.pid, "app_id": g.app_id} for g in self.games
             ],
+            "games_learned": [g.to_json() for g in self.learned_games],
         }
         return build_status(
             self.telemetry,
@@ -127,6 +131,7 @@ class Steward:
         wall_clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
         autoload: bool = True,
+        game_peaks: GamePeaks | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -160,6 +165,9 @@ class Steward:
         self._backend_state: BackendState | None = None
         self._lost: set[int] = set()
         self._hold: str | None = None  # what the holders were last told (Decision.hold)
+        self.game_peaks = game_peaks if game_peaks is not None else GamePeaks(None)
+        self._learned = self.game_peaks.load()  # what each game needed last time (read again at its start)
+        self._run_peaks: dict[str, tuple[str, int]] = {}  # game key -> (name, peak bytes) of this run
         self._out_since: dict[int, float] = {}  # GPU -> when its models were first evicted (Resumed.after_s)
         self._sleep_waiters: list[_Request] = []  # PrepareForSleep(True): done once we hold no VRAM
         if autoload:  # keep the user's models resident: load every configured model at start
@@ -320,9 +328,11 @@ class Steward:
                 commands=commands,
                 on_battery=self._on_battery(),
                 sleeping=self._sleeping,
+                game_peaks={key: game.peak_bytes for key, game in self._learned.items()},
             )
         )
         self._note_games(games)
+        self._note_game_usage(telemetry, games)
         self._act(decision, requests)
         self._last_decision = decision
 
@@ -339,6 +349,7 @@ class Steward:
             resume_at=decision.resume_at,
             next_poll_s=decision.next_poll_s,
             tick=self._tick,
+            learned_games=tuple(self._learned.values()),
         )
         self._quiet_key = self._world_key(telemetry, games, snapshot.models) if not decision.actions else None
         if self._quiet_key is not None and not polled_events and self._settled(decision):
@@ -701,16 +712,37 @@ class Steward:
             try:
                 holder.start_load(name)
                 started.append(name)
-            except VramError as exc:
-                self._emit(ev.LoadRefused(at=self.clock(), model=name, gpu=action.gpu, reason=exc.code))
+            except VramError:  # the holder reported the refusal in its own events, and the model waits
+                logger.info("reloading %s was refused; it waits for room", name)
         if started:
             now = self.clock()
             out_for = now - self._out_since.pop(action.gpu, now)
             self._emit(ev.Resumed(at=now, gpu=action.gpu, models=tuple(started), after_s=out_for))
 
+    def _note_game_usage(self, telemetry: TelemetrySnapshot, games: Sequence[GameSignal]) -> None:
+        for game in games:
+            key = game_key(game)
+            used = game_usage_bytes(telemetry, game)
+            name, peak = self._run_peaks.get(key, (game.name, 0))
+            if used > peak:
+                self._run_peaks[key] = (name, used)
+
+    def _learn_game_ended(self, game: GameSignal) -> None:
+        """Its run's peak joins what was learned (read-modify-write of that game's entry)."""
+        key = game_key(game)
+        name, peak = self._run_peaks.pop(key, (game.name, 0))
+        if peak <= 0:
+            return
+        try:
+            self._learned[key] = self.game_peaks.record(key, name, peak)
+        except OSError:
+            logger.exception("could not save what %s needed", name)
+
     def _note_games(self, games: Sequence[GameSignal]) -> None:
         seen = self._games_seen
         now = {(g.source, g.pid): g for g in games}
+        if any(key not in seen for key in now):
+            self._learned = self.game_peaks.load()  # a `games --forget` since counts from this start
         for key, game in now.items():
             if key not in seen:
                 self._emit(
@@ -720,6 +752,8 @@ class Steward:
                 )
         for key, game in seen.items():
             if key not in now:
+                if not any(game_key(g) == game_key(game) for g in now.values()):
+                    self._learn_game_ended(game)
                 self._emit(
                     ev.GameEnded(
                         at=self.clock(), name=game.name, source=game.source, pid=game.pid, app_id=game.app_id

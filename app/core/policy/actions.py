@@ -8,7 +8,8 @@ loads are allowed.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from app.core.gpu.snapshot import TelemetrySnapshot
@@ -40,6 +41,8 @@ class PolicyInputs:
     models: tuple[ModelStatus, ...] = ()
     commands: tuple[Command, ...] = ()
     on_battery: bool | None = None  # None: unknown (a desktop, or no power information)
+    # what each game needed last time (game_key -> peak VRAM bytes): evict only that much for it
+    game_peaks: Mapping[str, int] = field(default_factory=dict)
     sleeping: bool = False  # the system is about to sleep (logind PrepareForSleep(true))
 
 

@@ -20,10 +20,10 @@ on the GPU; it does not evict: models already resident were admitted first, and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState, ProcessKind
+from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState, ProcessKind, TelemetrySnapshot
 from app.core.holders import ModelState, ModelStatus
 from app.core.policy.actions import (
     Action,
@@ -42,7 +42,7 @@ from app.core.policy.classify import executable_name, match_app_rule
 from app.core.policy.cooldown import ResumeWindow
 from app.core.policy.pressure import Pressure, choose_reloads, choose_victims, display_name, measure_pressure
 from app.core.policy.roles import Role
-from app.core.policy.signals import GameSignal
+from app.core.policy.signals import GameSignal, game_key
 from app.core.settings import Settings
 from app.core.units import format_bytes
 
@@ -131,6 +131,7 @@ class ContentionPolicy:
         self._rule_games_since: dict[int, float] = {}
         self._hold: str | None = None  # why the GPU is kept free (Decision.hold)
         self._game_gpus: dict[tuple[object, ...], frozenset[int]] = {}  # game -> GPUs its processes used
+        self._fitted: dict[int, set[str]] = {}  # GPU -> games already given what they need (learned peaks)
 
     @property
     def settings(self) -> Settings:
@@ -331,7 +332,9 @@ class ContentionPolicy:
         out = _GpuOutcome()
         mine = [m for m in inputs.models if m.gpu == index]
         held = [m for m in mine if m.state in _HELD]
-        evicted = [m for m in mine if m.state == ModelState.EVICTED]
+        # what is out: evicted by us, or refused for lack of room (retried like a reload, the cooldown
+        # window being the backoff, so a blocker that exits lets it in)
+        evicted = [m for m in mine if m.state in (ModelState.EVICTED, ModelState.WAITING)]
         window = self._window(index)
         paused = self._paused_all or index in self._paused_gpus
         if paused:
@@ -361,6 +364,10 @@ class ContentionPolicy:
 
         given_back = sum(m.size_bytes or 0 for m in evicted)
         here = tuple(g for g in games if not g.gpus or index in g.gpus)
+        evicting = tuple(g for g in here if g.forced or s.auto_pause_for_gaming)
+        # a game given what it reached last time grows into that room: its growth is no pressure (the
+        # headroom rule still is, if it needs more than it did)
+        fitted = frozenset(pid for g in evicting if game_key(g.signal) in inputs.game_peaks for pid in g.pids)
         cond = _Conditions(
             paused=paused,
             evict_now=evict_now,
@@ -368,16 +375,23 @@ class ContentionPolicy:
             battery=inputs.on_battery is True and not s.hold_models_on_battery,
             hot=self._update_heat(gpu),
             games=here,
-            evicting_games=tuple(g for g in here if g.forced or s.auto_pause_for_gaming),
+            evicting_games=evicting,
             pressure=measure_pressure(
-                gpu, inputs.classification, s, given_back_bytes=given_back, excused_pids=excused
+                gpu,
+                inputs.classification,
+                s,
+                given_back_bytes=given_back,
+                excused_pids=excused,
+                growth_excused_pids=fitted,
             ),
             dedicated=self._dedicated_block(gpu, inputs),
         )
         contention = bool(here) or cond.pressure.holds or cond.hot
         window.observe(now, contention=contention, hold=cond.paused or cond.battery)
 
-        evict = self._eviction(index, gpu, held, cond)
+        if not cond.evicting_games:
+            self._fitted.pop(index, None)
+        evict = self._eviction(index, gpu, held, cond, inputs.game_peaks)
         if evict is not None:
             out.actions.append(evict)
             if evict.reason == "user":
@@ -451,8 +465,25 @@ class ContentionPolicy:
             return None
         return f"dedicated mode (allow_shared_gpu = false): {', '.join(foreign)} computes on GPU {gpu.index}"
 
+    def _game_need(self, gpu: GpuSnapshot, cond: _Conditions, peaks: Mapping[str, int]) -> int | None:
+        """Bytes to free so the games here get what they reached last time plus the headroom: None when
+        one of them has no history (then everything goes, as the first time)."""
+        more = 0
+        for game in cond.evicting_games:
+            peak = peaks.get(game_key(game.signal))
+            if peak is None:
+                return None
+            holds = sum(p.used_bytes or 0 for p in gpu.processes if p.pid in game.pids)
+            more += max(peak - holds, 0)
+        return more + cond.pressure.headroom_bytes - gpu.free_bytes
+
     def _eviction(
-        self, index: int, gpu: GpuSnapshot, held: Sequence[ModelStatus], cond: _Conditions
+        self,
+        index: int,
+        gpu: GpuSnapshot,
+        held: Sequence[ModelStatus],
+        cond: _Conditions,
+        peaks: Mapping[str, int] | None = None,
     ) -> Evict | None:
         s = self._settings
         pressure = cond.pressure
@@ -476,6 +507,18 @@ class ContentionPolicy:
             reason, trigger = "thermal", f"GPU {index} at {gpu.temperature_c} °C (pause above {limit} °C)"
         elif cond.evicting_games:
             reason, trigger = "game", _game_names(cond.evicting_games)
+            need = self._game_need(gpu, cond, peaks or {})
+            if need is not None:  # every game here ran before: free only what it needs
+                self._pressure_samples[index] = 0
+                keys = {game_key(g.signal) for g in cond.evicting_games}
+                if keys <= self._fitted.get(index, set()):
+                    return None  # done for these games; growth beyond it is pressure as usual
+                self._fitted[index] = keys
+                if need <= 0:
+                    logger.info("GPU %d: %s fits beside our models (learned peak)", index, trigger)
+                    return None
+                victims = choose_victims(held, need)
+                return Evict(index, _names(victims), "game", trigger, need)
         if reason is not None:
             self._pressure_samples[index] = 0
             return Evict(index, _names(held), reason, trigger)
@@ -569,6 +612,22 @@ class ContentionPolicy:
         reason = "user" if asked else "wake" if woke else "cooldown"
         out.actions.append(Reload(index, _names(chosen), reason))
         return _names(chosen)
+
+
+def game_usage_bytes(snapshot: TelemetrySnapshot, signal: GameSignal) -> int:
+    """The most VRAM the game's processes (its pid, or its executable) hold on one GPU in this sample."""
+    exe = executable_name(signal.exe)
+    return max(
+        (
+            sum(
+                p.used_bytes or 0
+                for p in gpu.processes
+                if p.pid == signal.pid or (exe and executable_name(p.name) == exe)
+            )
+            for gpu in snapshot.gpus
+        ),
+        default=0,
+    )
 
 
 def _names(models: Sequence[ModelStatus]) -> tuple[str, ...]:

@@ -50,15 +50,20 @@ def measure_pressure(
     *,
     given_back_bytes: int,
     excused_pids: frozenset[int] = frozenset(),
+    growth_excused_pids: frozenset[int] = frozenset(),
 ) -> Pressure:
     """`excused_pids`: processes that are no pressure for now (a game the user chose to keep the models
-    for with "Resume now"): their VRAM counts as free, like an "ignore" rule's, until that game ends."""
+    for with "Resume now"): their VRAM counts as free, like an "ignore" rule's, until that game ends.
+    `growth_excused_pids`: processes whose growth is expected (a game given the room it needed last
+    time); the headroom rule still applies to them."""
     headroom = settings.headroom_bytes(gpu.total_bytes)
     threshold = settings.pressure_threshold_bytes(gpu.total_bytes)
     excused = [p for p in gpu.processes if p.pid in excused_pids]
     free = gpu.free_bytes + classification.ignored_bytes(gpu.index) + sum(p.used_bytes or 0 for p in excused)
     growth = classification.growth(gpu.index) - sum(
-        classification.growth_bytes.get((gpu.index, p.pid), 0) for p in excused
+        classification.growth_bytes.get((gpu.index, p.pid), 0)
+        for p in gpu.processes
+        if p.pid in excused_pids or p.pid in growth_excused_pids
     )
     short = headroom - free
     excess = growth - threshold

@@ -59,6 +59,14 @@ class GameSignalSource(Protocol):
 _GENERIC_NAME = re.compile(r"^(steam game \d+|pid \d+|game \(pid \d+\))$", re.IGNORECASE)
 
 
+def game_key(signal: GameSignal) -> str:
+    """What a game is remembered by: its Steam AppId ("steam:1091500"), else its executable's name."""
+    if signal.app_id:
+        return f"steam:{signal.app_id}"
+    text = (signal.exe or signal.name).strip().replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return text.removesuffix(".exe")
+
+
 def name_score(signal: GameSignal) -> int:
     """How informative a signal's name is: 0 a placeholder ("Steam game 1091500"), 1 an executable's name
     ("Cyberpunk2077.exe"), 2 a title that is not just the executable ("Cyberpunk 2077")."""

@@ -483,7 +483,10 @@ class ResidencyManager:
         logger.warning("loading %s failed: %s", record.config.name, error.message)
 
     def _refused(self, record: _Model, error: VramError, *, size_bytes: int) -> None:
-        if record.state != ModelState.EVICTED:  # an evicted model stays due for restore
+        if isinstance(error, InsufficientVram):  # not a failure: it waits for room, and is retried then
+            if record.state != ModelState.EVICTED:  # an evicted model stays due for restore as it is
+                record.state = ModelState.WAITING
+        elif record.state != ModelState.EVICTED:
             record.state = ModelState.FAILED
         record.last_error = error.message
         record.error = error

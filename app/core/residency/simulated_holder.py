@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from app.core import events as ev
-from app.core.errors import InvalidInput
+from app.core.errors import InsufficientVram, InvalidInput
 from app.core.events import Event
 from app.core.gpu.simulated import SimulatedBackend
 from app.core.holders import HolderRole, ModelState, ModelStatus, unsupported_verify
@@ -72,6 +72,7 @@ class SimulatedHolder:
             for m in models
         }
         self._loads: dict[str, _Load] = {}
+        self._pending: list[Event] = []  # refusals, reported by the next poll()
         self._evicted_by_us: set[str] = set()
 
     @staticmethod
@@ -91,7 +92,22 @@ class SimulatedHolder:
             return
         size = status.size_bytes or 0
         # no pid: the simulated host is not a real process, and the ledger expires reservations of dead pids
-        reservation = self._ledgers.for_gpu(status.gpu).reserve(size, holder=model)
+        try:
+            reservation = self._ledgers.for_gpu(status.gpu).reserve(size, holder=model)
+        except InsufficientVram as exc:  # as the real residency: the model waits for room, retried then
+            state = status.state if status.state == ModelState.EVICTED else ModelState.WAITING
+            self._status[model] = replace(status, state=state, last_error=exc.message)
+            self._pending.append(
+                ev.LoadRefused(
+                    at=self._clock(),
+                    model=model,
+                    gpu=status.gpu,
+                    reason=exc.code,
+                    need_bytes=exc.needed_bytes,
+                    available_bytes=exc.available_bytes,
+                )
+            )
+            raise
         now = self._clock()
         self._loads[model] = _Load(reservation.id, now, now + size / self._rate)
         self._status[model] = replace(
@@ -103,7 +119,7 @@ class SimulatedHolder:
         )
 
     def poll(self) -> Sequence[Event]:
-        out: list[Event] = []
+        out, self._pending = self._pending, []
         now = self._clock()
         for model, load in list(self._loads.items()):
             status = self._status[model]
