@@ -96,3 +96,42 @@ def test_sustained_foreign_growth_above_the_threshold_always_evicts_on_the_nth_s
             assert all(e.reason == "pressure" for e in evicts)  # type: ignore[attr-defined]
             break
     assert evicted_at == samples
+
+
+# Desktop programs (display server, compositor, browsers, Electron apps), any size, starting large or not.
+DESKTOP_PROGRAMS = (
+    (201, "/usr/lib/xorg/Xorg"),
+    (202, "/usr/bin/kwin_wayland"),
+    (203, "/usr/lib/firefox/firefox"),
+    (204, "/opt/google/chrome/chrome --type=gpu-process"),
+    (205, "/usr/share/code/code"),
+)
+
+
+@given(
+    start=st.tuples(*(st.integers(min_value=0, max_value=4096) for _ in DESKTOP_PROGRAMS)),
+    ticks=st.lists(
+        st.tuples(*(st.integers(min_value=0, max_value=4096) for _ in DESKTOP_PROGRAMS)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+@settings(max_examples=150, deadline=None)
+def test_desktop_programs_alone_never_evict_while_free_vram_stays_above_the_headroom(
+    start: tuple[int, ...], ticks: list[tuple[int, ...]]
+) -> None:
+    """README's promise: the display server, the compositor and your browser are never a trigger, whatever
+    they do (big at start, growing by GiBs), as long as free VRAM stays above the headroom."""
+    total = 48 * GiB  # 4.8 GiB headroom (10 %); models 6 GiB; desktop at most 5 x 4 GiB = 20 GiB
+    world = PolicyWorld(totals={0: total}, foreign={0: []})
+    world.add_model(model("llama-8b", 4 * GiB, priority=1))
+    world.add_model(model("embedder", 2 * GiB))
+    for (pid, name), mib in zip(DESKTOP_PROGRAMS, start, strict=True):
+        world.set_process(0, proc(pid, name, mib * MiB, ProcessKind.GRAPHICS))
+    decisions = [world.tick()]
+    for sizes in ticks:
+        for (pid, name), mib in zip(DESKTOP_PROGRAMS, sizes, strict=True):
+            world.set_process(0, proc(pid, name, mib * MiB, ProcessKind.GRAPHICS))
+        decisions += world.run(0.5)
+    assert actions_of(decisions, Evict) == []
+    assert world.resident() == ["embedder", "llama-8b"]
