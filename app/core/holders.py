@@ -20,6 +20,7 @@ class ModelState(enum.StrEnum):
     RESIDENT = "resident"
     EVICTED = "evicted"  # freed by VRAM Steward; will be restored when the GPU is free
     WAITING = "waiting"  # wanted, but refused for lack of free VRAM: loaded when there is room (last_error)
+    FROZEN = "frozen"  # a whole app checkpointed by the driver: its VRAM sits in host RAM until restored
     FAILED = "failed"  # the last load failed; see last_error
 
 
