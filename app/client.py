@@ -1,7 +1,8 @@
 """Python client for the local API: `StewardClient`.
 
 Finds the running instance through the endpoint file and the token file in the state dir, and turns
-problem JSON back into the same VramError classes the engine raised.
+problem JSON back into the same VramError classes the engine raised. Requests never go through a proxy
+(`http_proxy` and friends are ignored): the token goes to the engine and to nobody else.
 
 Loads and reservations are retried on retriable errors only (insufficient_vram, cuda_allocation_failed,
 503/507 answers that do not say `"retriable": false`), with exponential backoff that never waits less than
@@ -41,6 +42,10 @@ RETRIABLE_CODES = frozenset({"insufficient_vram", "cuda_allocation_failed"})
 RETRIABLE_STATUSES = frozenset({503, 507})
 LONG_POLL_MAX_S = 60.0  # the server's cap on one long poll
 WAIT_GRACE_S = 1.0  # after wait_s, how long to keep asking for the server's final answer
+
+# No ProxyHandler entries: urlopen() would send the request, Authorization header included, to whatever
+# http_proxy / HTTP_PROXY names (no_proxy is not set for 127.0.0.1 everywhere).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class NotRunning(VramError):
@@ -171,8 +176,10 @@ class StewardClient:
             base_url = endpoint.url
             self.engine_pid = endpoint.pid
         if token is None:
+            from app.core.api.token import read_token  # TokenFileUnsafe for a symlink: not caught
+
             try:
-                token = token_file.read_text().strip()
+                token = read_token(token_file)
             except OSError as exc:
                 raise NotRunning(f"no token file at {token_file}") from exc
         self.base_url = base_url.rstrip("/")
@@ -199,7 +206,7 @@ class StewardClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
+            with _OPENER.open(req, timeout=timeout_s or self.timeout_s) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             raise _error_from(exc.code, exc.read(), exc.headers.get("Retry-After")) from None

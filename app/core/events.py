@@ -7,15 +7,24 @@ log keeps them as JSON lines in the platform state dir, rotated by size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from app.core.units import format_bytes
+
+try:  # POSIX; elsewhere the audit log's rotation is locked within one process only
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +303,7 @@ class ModelPartlyOnCpu(Event):
         on_gpu = 100 * self.vram_bytes // self.size_bytes if self.size_bytes else 0
         return (
             f"{self.model} ({self.server}) runs partly on the CPU: {on_gpu}% of "
-            f"{self.size_bytes / 1e9:.1f} GB is on GPU {self.gpu}"
+            f"{format_bytes(self.size_bytes)} is on GPU {self.gpu}"
         )
 
 
@@ -320,13 +329,30 @@ class ModelReloadedWhileHeld(Event):
         return f"{who} loaded {self.model} ({self.server}) while {why}; {done}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AppFound(Event):
+    """Discovery found a known AI app answering on a loopback port that no `[[servers]]` entry manages yet
+    (app/core/servers/discovery.py). Not from the engine's thread: the discovery thread reports it."""
+
+    server_kind: str  # the `[[servers]]` kind that would manage it: "comfyui", "lm_studio", ...
+    display_name: str  # "ComfyUI"
+    url: str  # "http://127.0.0.1:8188"
+    port: int
+
+    def describe(self) -> str:
+        return f"found {self.display_name} at {self.url}, not managed yet"
+
+
 # --- the audit log -------------------------------------------------------------------------------
 
 
 class AuditLog:
     """Append-only JSON lines; rotated by size into `audit.jsonl.1` ... `.N` (oldest dropped).
 
-    Writes are line-atomic (one write() of a whole line under a lock, opened with O_APPEND).
+    Writes are line-atomic (one write() of a whole line, opened with O_APPEND). The size check, the rotation
+    and the append happen under an exclusive flock on `audit.jsonl.lock`, so processes writing at once (the
+    engine and a CLI command, or two engines during a hand-over) rotate once per overflow, never twice: a
+    double rotation pushes a just-rotated file past the last backup and its events are lost.
     """
 
     def __init__(self, path: Path, *, max_bytes: int = 5 * 1024 * 1024, backups: int = 3) -> None:
@@ -340,14 +366,16 @@ class AuditLog:
         data = line.encode()
         with self._lock:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
-                    self._rotate()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with _file_lock(self.path.with_name(self.path.name + ".lock")):
+                    if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+                        self._rotate()
+                    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                    fd = os.open(self.path, flags, 0o600)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
             except OSError as exc:  # the audit log must never take the engine down
                 logger.warning("could not write the audit log %s: %s", self.path, exc)
 
@@ -367,6 +395,19 @@ class AuditLog:
             if line.strip():
                 out.append(json.loads(line))
         return out
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created 0600, never through a symlink) for the `with` block; without
+    flock (not POSIX) only the in-process lock applies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -397,6 +438,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ServerUp,
         ModelPartlyOnCpu,
         ModelReloadedWhileHeld,
+        AppFound,
     )
 }
 

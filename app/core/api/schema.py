@@ -404,8 +404,9 @@ def openapi_document() -> dict[str, Any]:
             "title": "VRAM Steward local API",
             "version": __version__,
             "description": "Loopback-only control API. Every path except /healthz and /metrics needs "
-            "'Authorization: Bearer <token>' with the token from the state dir's api-token file (0600). "
-            "Errors are problem JSON. See docs/api.md.",
+            "'Authorization: Bearer <token>' with the token from the state dir's api-token file (0600, new "
+            "at every start). Every path answers 421 unless the Host header is 127.0.0.1, localhost or "
+            "[::1] with the port. Errors are problem JSON. See docs/api.md.",
         },
         "servers": [{"url": "http://127.0.0.1:8765"}],
         "security": [{"bearerAuth": []}],

@@ -1,18 +1,28 @@
 """The local HTTP API: the one control channel (CLI commands, the tray's single-instance hand-off, clients).
 
 Loopback only unless the user sets `allow_remote_api`; every endpoint except /healthz and /metrics needs the
-bearer token kept in a file only the user can read (0600). Errors are problem JSON (errors.py). Served by
-aiohttp on the asyncio thread; handlers never touch the engine's state, they submit commands and read the
-latest immutable snapshot.
+bearer token kept in a file only the user can read (0600, a new one at every start: app/core/api/token.py).
+Errors are problem JSON (errors.py). Served by aiohttp on the asyncio thread; handlers never touch the
+engine's state, they submit commands and read the latest immutable snapshot.
+
+Defences against other local users, web pages and (with allow_remote_api) LAN peers, docs/api.md "Security":
+- the Host header must name this server (127.0.0.1, localhost, [::1] or the bound address, with the port),
+  on every path, so a web page that rebinds its DNS name to 127.0.0.1 reads nothing (421);
+- a connection that has not sent a whole request within KEEPALIVE_S of connecting (or of its last answer)
+  is closed, and a body must arrive within BODY_TIMEOUT_S, so silent or trickling sockets cannot use up
+  the process's file descriptors;
+- hostile input (non-ASCII tokens, deep JSON, numbers thousands of digits long) gets a 4xx problem;
+- with allow_remote_api, /healthz and /metrics need the token too unless the peer is on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +33,6 @@ from app import __version__
 from app.core import paths
 from app.core.api.endpoint import ApiPortUnavailable, remove_endpoint_if_ours, write_endpoint
 from app.core.api.schema import MAX_LONG_POLL_S, openapi_document
-from app.core.atomic import write_atomic
 from app.core.engine.commands import Outcome
 from app.core.engine.steward import Steward, StewardSnapshot
 from app.core.errors import InsufficientVram, InvalidInput, VramError
@@ -44,6 +53,11 @@ COMMAND_TIMEOUT_S = 10.0
 VERIFY_TIMEOUT_S = 600.0  # reading back a large model on the CPU path takes a while
 LONG_POLL_STEP_S = 0.05  # how often a long poll looks at its reservation again
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+KEEPALIVE_S = 5.0  # a connection with no whole request this long after connecting or answering is closed
+BODY_TIMEOUT_S = 10.0  # the most a request body may take to arrive (64 KiB)
+MAX_JSON_DEPTH = 32  # request bodies are flat objects; anything deeper is an attack or a mistake
+MAX_NUMBER_DIGITS = 40  # longer integer literals are read as TooLongNumber (and refused by the field check)
+OPEN_FILES_WANTED = 65_536  # the soft RLIMIT_NOFILE raised toward this at start (never above the hard one)
 
 
 def problem(status: int, error: str, message: str, **extra: Any) -> web.Response:
@@ -68,20 +82,69 @@ def problem_from(exc: VramError) -> web.Response:
     )
 
 
-def load_or_create_token(path: Path | None = None) -> str:
-    """The API token: created on first run (random, 0600), then reused. A looser file mode is fixed."""
-    path = path or paths.api_token_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        if path.stat().st_mode & 0o077:
-            logger.warning("API token file %s was readable by others; fixed to 0600", path)
-            os.chmod(path, 0o600)
-        token = path.read_text().strip()
-        if token:
-            return token
-    token = secrets.token_urlsafe(32)
-    write_atomic(path, token + "\n", mode=0o600)
-    return token
+class TooLongNumber:
+    """An integer literal of more than MAX_NUMBER_DIGITS digits in a request body: kept as its length only
+    (converting it costs quadratic time, and Python refuses past 4300 digits), so the field check names
+    the field instead of the parser failing."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a whole number of {self.digits} digits"
+
+
+def _parse_int(text: str) -> int | TooLongNumber:
+    return int(text) if len(text) <= MAX_NUMBER_DIGITS else TooLongNumber(len(text.lstrip("-")))
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed body (iterative: no recursion on hostile input)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _raise_open_file_limit() -> None:
+    """Raise the soft open-file limit toward the hard one: each API connection costs a descriptor, and
+    the usual soft limit (1024) is far below what the kernel allows this user."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.debug("could not raise the open-file limit from %d: %s", soft, exc)
+
+
+def _url_host(host: str) -> str:
+    """A host as it appears in a URL and a Host header ("::1" -> "[::1]"), lower case."""
+    host = host.strip().lower()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return False
+    return True
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -109,15 +172,24 @@ class ApiServer:
                 value=host,
             )
         if not is_loopback(host):
-            logger.warning("the API listens on %s, reachable from other machines (allow_remote_api)", host)
+            logger.warning(
+                "the API listens on %s, reachable from other machines (allow_remote_api): it has no TLS, so "
+                "the API token and every answer cross the network in cleartext, and anyone who sees that "
+                "traffic can control VRAM Steward; /healthz and /metrics need the token from other machines",
+                host,
+            )
         self.steward = steward
         self.host = host
         self.port = port
         self.token = token
+        self.allow_remote = allow_remote and not is_loopback(host)
+        self._allowed_hosts: frozenset[str] = frozenset()  # Host header values, set once the port is known
         self.endpoint_file = endpoint_file
         self.metrics = metrics
         self.reservations = ReservationBook(steward.ledgers, clock=steward.clock)
-        self.app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY_BYTES)
+        self.app = web.Application(
+            middlewares=[self._errors, self._check_host, self._auth], client_max_size=MAX_BODY_BYTES
+        )
         self._routes()
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
@@ -146,7 +218,10 @@ class ApiServer:
     async def start(self) -> int:
         """Listen (port 0: any free port) and record the bound port in the endpoint file. Raises
         ApiPortUnavailable, naming host:port and the `api_port` key, when the port cannot be had."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        _raise_open_file_limit()
+        # keepalive_timeout also runs from the moment a connection opens: one that sends no whole request
+        # in time (silent, or trickling its headers) is closed, as is an idle keep-alive connection
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         try:
@@ -158,6 +233,7 @@ class ApiServer:
         self.steward.subscribe_snapshots(self._after_tick)
         addresses = self._runner.addresses  # (host, port[, ...]) of every bound socket
         self.bound_port = int(addresses[0][1]) if addresses else self.port
+        self._allowed_hosts = self._host_names(self.bound_port)
         if self.endpoint_file is not None:
             self._endpoint_written = write_endpoint(self.endpoint_file, self.host, self.bound_port)
         logger.info("API listening on http://%s:%s", self.host, self.bound_port)
@@ -170,6 +246,24 @@ class ApiServer:
         if self.endpoint_file is not None:  # only what we wrote: another engine may have written since
             remove_endpoint_if_ours(self.endpoint_file, self._endpoint_written)
             self._endpoint_written = None
+
+    def _host_names(self, port: int) -> frozenset[str]:
+        names = {"127.0.0.1", "localhost", "[::1]", _url_host(self.host)}
+        if self.allow_remote:
+            names.add(socket.gethostname().lower())
+        return frozenset(f"{name}:{port}" for name in names)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """Whether a request's Host header names this server. A web page that rebinds its own DNS name to
+        127.0.0.1 sends that name, never one of these. With allow_remote_api, any IP address with our port
+        is also accepted (a literal address cannot be rebound) and so is this machine's host name."""
+        if not host_header:
+            return False
+        value = host_header.strip().lower()
+        if value in self._allowed_hosts:
+            return True
+        name, _, port = value.rpartition(":")
+        return self.allow_remote and port == str(self.bound_port) and _is_ip_literal(name)
 
     # --- middlewares ---------------------------------------------------------------------------
 
@@ -196,12 +290,31 @@ class ApiServer:
             return problem(500, "internal_error", f"unexpected error: {type(exc).__name__}")
 
     @web.middleware
+    async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if not self.host_allowed(host):
+            return problem(
+                421,
+                "host_not_allowed",
+                f"this server answers only requests for {', '.join(sorted(self._allowed_hosts))}; "
+                f"the Host header says {host!r}",
+                details={"host": host},
+                suggestions=[
+                    f"Connect to http://127.0.0.1:{self.bound_port} (the address in api-endpoint.json)"
+                ],
+            )
+        return await handler(request)
+
+    @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/healthz", "/metrics"):
+        if request.path in ("/healthz", "/metrics") and (
+            not self.allow_remote or is_loopback(request.remote or "")
+        ):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         given = header[7:] if header.startswith("Bearer ") else ""
-        if not given or not secrets.compare_digest(given, self.token):
+        # isascii first: compare_digest refuses non-ASCII str with a TypeError (a 500 for anyone)
+        if not given or not given.isascii() or not secrets.compare_digest(given, self.token):
             return problem(
                 401,
                 "unauthorized",
@@ -295,13 +408,21 @@ class ApiServer:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestTimeout() from None
         if not raw:  # no body; whitespace alone is not JSON
             return {}
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            body = json.loads(raw, parse_int=_parse_int)
+        except RecursionError:
+            raise InvalidInput(f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        if _depth(body) > MAX_JSON_DEPTH:
+            raise InvalidInput(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(body, dict):
             raise InvalidInput("request body must be a JSON object")
         content_type = request.headers.get("Content-Type")
@@ -388,6 +509,17 @@ class ApiServer:
             )
             return_problem.http_status = 504
             raise return_problem from None
+
+
+class RequestTimeout(VramError):
+    code = "request_timeout"
+    http_status = 408
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+            suggestions=["Send the whole body at once (it is at most 64 KiB)"],
+        )
 
 
 class UnsupportedMediaType(VramError):

@@ -32,6 +32,7 @@ on a timer could admit its bytes a second time before NVML shows them.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import math
 import threading
@@ -88,6 +89,17 @@ class Ledger:
         self._unavailable_reason: str | None = None
         self._failures: dict[str, int] = {}
         self._concurrent_attempts = 0
+        self._outstanding_bytes = 0  # sum of nbytes over _reservations, kept as they come and go
+        self._expiries: list[tuple[float, str]] = []  # (expires_at, id) heap; stale entries skipped
+        self._removal_sinks: list[Callable[[str], None]] = []
+
+    def on_removed(self, sink: Callable[[str], None]) -> None:
+        """Call `sink(reservation_id)` whenever a reservation leaves this ledger (released, expired, shown
+        by a sample, its process exited), so a caller with its own records (the API's reservation book)
+        learns of it without scanning. Called with the ledger's lock held: `sink` must only record the id
+        (append to a deque), never call back into the ledger."""
+        with self._lock:
+            self._removal_sinks.append(sink)
 
     def set_headroom(self, headroom_bytes: Callable[[int], int]) -> None:
         """A new headroom rule (settings changed): applies at once to what is known, and to every sample."""
@@ -137,7 +149,7 @@ class Ledger:
             self._unavailable_reason = None
             for reservation in list(self._reservations.values()):
                 if reservation.allocated_at is not None and reservation.allocated_at < sampled_at:
-                    del self._reservations[reservation.id]
+                    self._remove_locked(reservation.id)
                     logger.debug(
                         "GPU %d: %s for %s is now resident in NVML's view",
                         self.gpu,
@@ -147,7 +159,7 @@ class Ledger:
                 elif (
                     live_pids is not None and reservation.pid is not None and reservation.pid not in live_pids
                 ):
-                    del self._reservations[reservation.id]
+                    self._remove_locked(reservation.id)
                     logger.info(
                         "GPU %d: released %s of %s: its process %d has exited",
                         self.gpu,
@@ -210,6 +222,16 @@ class Ledger:
                 allocated_at=None,
             )
             self._reservations[reservation.id] = reservation
+            self._outstanding_bytes += nbytes
+            if reservation.expires_at is not None:
+                heapq.heappush(self._expiries, (reservation.expires_at, reservation.id))
+                if len(self._expiries) > 2 * len(self._reservations) + 1024:  # many released early
+                    self._expiries = [
+                        (r.expires_at, r.id)
+                        for r in self._reservations.values()
+                        if r.expires_at is not None and r.allocated_at is None
+                    ]
+                    heapq.heapify(self._expiries)
             logger.debug(
                 "GPU %d: reserved %s for %s (%s): %s left",
                 self.gpu,
@@ -239,8 +261,13 @@ class Ledger:
     def release(self, reservation_id: str) -> None:
         """The allocation failed, was cancelled or freed. Unknown ids are ignored (idempotent)."""
         with self._lock:
-            if self._reservations.pop(reservation_id, None) is not None:
+            if self._remove_locked(reservation_id) is not None:
                 logger.debug("GPU %d: released %s", self.gpu, reservation_id)
+
+    def expire_due(self) -> None:
+        """Drop pending reservations whose TTL ran out now (every admission and view does it too)."""
+        with self._lock:
+            self._expire_locked(self._clock())
 
     def count_failure(self, reason: str) -> None:
         """Count a failure that happened after admission (e.g. "cuda_allocation_failed") for metrics."""
@@ -258,7 +285,7 @@ class Ledger:
     def outstanding_bytes(self) -> int:
         with self._lock:
             self._expire_locked(self._clock())
-            return sum(r.nbytes for r in self._reservations.values())
+            return self._outstanding_bytes
 
     def reservations(self) -> tuple[Reservation, ...]:
         with self._lock:
@@ -301,17 +328,31 @@ class Ledger:
     # --- internals (call with the lock held) --------------------------------------------------------
 
     def _available_locked(self) -> int:
-        outstanding = sum(r.nbytes for r in self._reservations.values())
-        return (self._free_bytes or 0) - (self._headroom_bytes or 0) - outstanding
+        return (self._free_bytes or 0) - (self._headroom_bytes or 0) - self._outstanding_bytes
+
+    def _remove_locked(self, reservation_id: str) -> Reservation | None:
+        """Forget one reservation (every removal goes through here: the sum and the sinks stay right)."""
+        reservation = self._reservations.pop(reservation_id, None)
+        if reservation is None:
+            return None
+        self._outstanding_bytes -= reservation.nbytes
+        for sink in self._removal_sinks:
+            sink(reservation_id)
+        return reservation
 
     def _expire_locked(self, now: float) -> None:
-        for reservation in list(self._reservations.values()):
+        """Drop pending reservations past their TTL: O(log n) per expiry, not a scan of every reservation
+        (this runs at every admission, and the API may hold thousands)."""
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            expires_at, reservation_id = heapq.heappop(heap)
+            reservation = self._reservations.get(reservation_id)
             if (
-                reservation.allocated_at is None
-                and reservation.expires_at is not None
-                and now >= reservation.expires_at
+                reservation is not None
+                and reservation.allocated_at is None
+                and reservation.expires_at == expires_at
             ):
-                del self._reservations[reservation.id]
+                self._remove_locked(reservation_id)
                 logger.info(
                     "GPU %d: reservation of %s for %s expired before it was allocated",
                     self.gpu,

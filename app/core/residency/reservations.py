@@ -9,10 +9,16 @@ the client said it allocated (the ledger drops it), or, once marked allocated, w
 
 `ReservationBook` holds no engine state and never waits: the API calls `pump()` when VRAM may have come free
 (after every engine tick, after a release) and does the waiting itself. Thread-safe (one lock).
+
+It runs on the API's event loop, so no operation scans every reservation: the ledger reports each reservation
+that leaves it (`Ledger.on_removed`), ended records are kept in the order they ended and forgotten from the
+front, and the queues are short (MAX_WAITING_PER_GPU). At most `max_outstanding` reservations (waiting,
+granted or allocated) exist at once; one more is refused with `too_many_reservations` (429).
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import math
@@ -24,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from app.core.errors import InsufficientVram, InvalidInput, VramError
-from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S, RETRY_AFTER_OUTSTANDING_S, Ledgers
+from app.core.residency.ledger import RETRY_AFTER_FOREIGN_S, RETRY_AFTER_OUTSTANDING_S, Ledger, Ledgers
 from app.core.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ MAX_HOLDER_CHARS = 200
 MAX_WAITING_PER_GPU = 256
 KEEP_FINISHED_S = 600.0  # how long an ended reservation can still be looked up by id
 MAX_RECORDS = 10_000
+MAX_OUTSTANDING = 4_096  # waiting, granted and allocated API reservations at once, over all GPUs and clients
+MAX_BYTES = 2**63 - 1  # what NVML can express; anything larger is a bad request, not a refusal
+MAX_GPU_INDEX = 1_023
 
 
 class ReservationState(enum.StrEnum):
@@ -84,6 +93,26 @@ class QueueFull(VramError):
             details={"gpu": gpu, "waiting": waiting},
             suggestions=["Retry later, or ask without wait_s to get an answer at once"],
             retry_after_s=RETRY_AFTER_FOREIGN_S,
+        )
+
+
+class TooManyReservations(VramError):
+    """The book holds `max_outstanding` reservations already: a client that never releases (or a flood)."""
+
+    code = "too_many_reservations"
+    retriable = True
+    http_status = 429
+
+    def __init__(self, outstanding: int) -> None:
+        super().__init__(
+            f"{outstanding} reservations are outstanding already (the most this engine keeps at once)",
+            details={"outstanding": outstanding, "max_outstanding": outstanding},
+            suggestions=[
+                "Release reservations you no longer need (DELETE /v1/reservations/{id}), or mark them "
+                "allocated; ones not allocated expire after their ttl_s",
+                "Retry later",
+            ],
+            retry_after_s=RETRY_AFTER_OUTSTANDING_S,
         )
 
 
@@ -158,17 +187,21 @@ def parse_reservation_request(
         if required not in body:
             raise InvalidInput(f"missing field {required!r}", field_name=required, value=None)
     gpu = body["gpu"]
-    if not _is_int(gpu) or gpu < 0:
+    if not _is_int(gpu) or gpu < 0 or gpu > MAX_GPU_INDEX:
         raise InvalidInput(
-            f"gpu: expected a GPU index (whole number >= 0), got {gpu!r}", field_name="gpu", value=gpu
+            f"gpu: expected a GPU index (whole number from 0 to {MAX_GPU_INDEX}), got {_short(gpu)}",
+            field_name="gpu",
+            value=_short(gpu),
         )
     if gpu not in total_bytes_by_gpu:
         known = ", ".join(str(g) for g in sorted(total_bytes_by_gpu)) or "none"
         raise InvalidInput(f"gpu: unknown GPU {gpu}; known: {known}", field_name="gpu", value=gpu)
     nbytes = body["bytes"]
-    if not _is_int(nbytes) or nbytes <= 0:
+    if not _is_int(nbytes) or not 0 < nbytes <= MAX_BYTES:
         raise InvalidInput(
-            f"bytes: expected whole bytes > 0, got {nbytes!r}", field_name="bytes", value=nbytes
+            f"bytes: expected whole bytes from 1 to {MAX_BYTES}, got {_short(nbytes)}",
+            field_name="bytes",
+            value=_short(nbytes),
         )
     total = total_bytes_by_gpu[gpu]
     if total is not None and nbytes > total:
@@ -214,13 +247,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _short(value: object) -> str:
+    """A bad value as shown back in a problem: a number thousands of digits long is named by its size."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"a whole number of {len(str(value))} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _seconds(
     body: Mapping[str, Any], name: str, default: float, *, minimum_exclusive: float | None, maximum: float
 ) -> float:
     value = body.get(name)
     if value is None:
         return default
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and -1e300 < value < 1e300 and math.isfinite(value)  # a huge int would overflow isfinite()
     if ok and minimum_exclusive is not None and value <= minimum_exclusive:
         ok = False
     if ok and (value < 0 or value > maximum):
@@ -228,7 +270,9 @@ def _seconds(
     if not ok:
         low = f"> {minimum_exclusive:g}" if minimum_exclusive is not None else ">= 0"
         raise InvalidInput(
-            f"{name}: expected seconds {low} and <= {maximum:g}, got {value!r}", field_name=name, value=value
+            f"{name}: expected seconds {low} and <= {maximum:g}, got {_short(value)}",
+            field_name=name,
+            value=_short(value),
         )
     return float(value)
 
@@ -242,13 +286,20 @@ class ReservationBook:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_waiting_per_gpu: int = MAX_WAITING_PER_GPU,
+        max_outstanding: int = MAX_OUTSTANDING,
     ) -> None:
         self._ledgers = ledgers
         self._clock = clock
         self._max_waiting = max_waiting_per_gpu
+        self._max_outstanding = max_outstanding
         self._lock = threading.Lock()
         self._records: dict[str, ApiReservation] = {}
         self._queues: dict[int, list[str]] = {}
+        self._open: dict[str, None] = {}  # waiting, granted and allocated ids, oldest first
+        self._ended: dict[str, float] = {}  # ended ids -> when, in the order they ended
+        self._by_ledger_id: dict[str, str] = {}  # granted and allocated: ledger id -> record id
+        self._watched: set[int] = set()  # GPUs whose ledger reports removals to _removed
+        self._removed: collections.deque[str] = collections.deque()  # ledger ids, from Ledger.on_removed
 
     # --- requests ------------------------------------------------------------------------------------
 
@@ -260,9 +311,11 @@ class ReservationBook:
         """
         with self._lock:
             now = self._clock()
+            ledger = self._ledger_locked(req.gpu)
             self._refresh_locked(now)
+            if len(self._open) >= self._max_outstanding:
+                raise TooManyReservations(len(self._open))
             queue = self._queues.setdefault(req.gpu, [])
-            ledger = self._ledgers.for_gpu(req.gpu)
             if not queue and (req.wait_s <= 0 or ledger.available_bytes() >= req.nbytes):
                 try:
                     granted = ledger.reserve(req.nbytes, req.holder, ttl_s=req.ttl_s)
@@ -326,11 +379,12 @@ class ReservationBook:
             if record.state == ReservationState.WAITING:
                 self._queues[record.gpu].remove(record.id)
                 record = replace(record, state=ReservationState.CANCELLED, ended_at=now)
+                self._store_locked(record)
             elif record.state in (ReservationState.GRANTED, ReservationState.ALLOCATED):
                 assert record.ledger_id is not None
                 self._ledgers.for_gpu(record.gpu).release(record.ledger_id)
                 record = replace(record, state=ReservationState.RELEASED, ended_at=now)
-            self._records[record.id] = record
+                self._store_locked(record)
         self.pump()
         return record
 
@@ -349,7 +403,7 @@ class ReservationBook:
             assert record.ledger_id is not None
             self._ledgers.for_gpu(record.gpu).mark_allocated(record.ledger_id)
             record = replace(record, state=ReservationState.ALLOCATED)
-            self._records[record.id] = record
+            self._store_locked(record)
             return record
 
     # --- the queue -----------------------------------------------------------------------------------
@@ -385,11 +439,8 @@ class ReservationBook:
         with self._lock:
             now = self._clock()
             self._refresh_locked(now)
-            return [
-                r.to_json(now, self._position_locked(r))
-                for r in self._records.values()
-                if r.state not in ENDED
-            ]
+            records = [self._records[rid] for rid in self._open]
+            return [r.to_json(now, self._position_locked(r)) for r in records]
 
     def queue_json(self) -> list[dict[str, Any]]:
         """The wait queues, head first, for the status document's `queue` field."""
@@ -443,35 +494,54 @@ class ReservationBook:
             return None
         return self._queues[record.gpu].index(record.id) + 1
 
+    def _ledger_locked(self, gpu: int) -> Ledger:
+        """The GPU's ledger, reporting its removals to this book from the first use on."""
+        ledger = self._ledgers.for_gpu(gpu)
+        if gpu not in self._watched:
+            ledger.on_removed(self._removed.append)
+            self._watched.add(gpu)
+        return ledger
+
     def _store_locked(self, record: ApiReservation) -> None:
+        """Record a new or changed reservation; keeps the open, ended and ledger-id indexes in step."""
         self._records[record.id] = record
-        if len(self._records) > MAX_RECORDS:
-            ended = sorted(
-                (r for r in self._records.values() if r.state in ENDED), key=lambda r: r.ended_at or 0
-            )
-            for old in ended[: len(self._records) - MAX_RECORDS]:
-                del self._records[old.id]
+        if record.state in ENDED:
+            self._open.pop(record.id, None)
+            if record.ledger_id is not None:
+                self._by_ledger_id.pop(record.ledger_id, None)
+            self._ended[record.id] = record.ended_at if record.ended_at is not None else self._clock()
+            while len(self._records) > MAX_RECORDS and self._ended:
+                oldest = next(iter(self._ended))
+                del self._ended[oldest]
+                del self._records[oldest]
+            return
+        self._open.setdefault(record.id, None)
+        if record.ledger_id is not None:
+            self._by_ledger_id[record.ledger_id] = record.id
 
     def _refresh_locked(self, now: float) -> None:
+        """Apply what happened since the last look: queue timeouts and admissions, reservations the ledger
+        dropped (TTL ran out: expired; a sample shows the bytes: settled), old ended records forgotten.
+        Costs what changed, not what is outstanding."""
         self._pump_locked(now)
-        for record in list(self._records.values()):
-            if record.state in (ReservationState.GRANTED, ReservationState.ALLOCATED):
-                assert record.ledger_id is not None
-                if self._ledgers.for_gpu(record.gpu).get(record.ledger_id) is not None:
-                    continue
-                if record.state == ReservationState.ALLOCATED:
-                    self._records[record.id] = replace(record, state=ReservationState.SETTLED, ended_at=now)
-                else:
-                    self._records[record.id] = replace(record, state=ReservationState.EXPIRED, ended_at=now)
-                    logger.info(
-                        "GPU %d: API reservation %s of %s expired", record.gpu, record.id, record.holder
-                    )
-            elif (
-                record.state in ENDED
-                and record.ended_at is not None
-                and now - record.ended_at > KEEP_FINISHED_S
-            ):
-                del self._records[record.id]
+        for gpu in self._watched:
+            self._ledgers.for_gpu(gpu).expire_due()
+        while self._removed:
+            record_id = self._by_ledger_id.pop(self._removed.popleft(), None)
+            record = self._records.get(record_id) if record_id is not None else None
+            if record is None:
+                continue  # released through the book, or not an API reservation
+            if record.state == ReservationState.ALLOCATED:
+                self._store_locked(replace(record, state=ReservationState.SETTLED, ended_at=now))
+            elif record.state == ReservationState.GRANTED:
+                self._store_locked(replace(record, state=ReservationState.EXPIRED, ended_at=now))
+                logger.info("GPU %d: API reservation %s of %s expired", record.gpu, record.id, record.holder)
+        while self._ended:
+            oldest, ended_at = next(iter(self._ended.items()))
+            if now - ended_at <= KEEP_FINISHED_S:
+                break
+            del self._ended[oldest]
+            self._records.pop(oldest, None)
 
     def _pump_locked(self, now: float) -> list[ApiReservation]:
         admitted: list[ApiReservation] = []
@@ -481,11 +551,13 @@ class ReservationBook:
                 record = self._records[rid]
                 if record.wait_until is not None and now >= record.wait_until:
                     queue.remove(rid)
-                    self._records[rid] = replace(
-                        record,
-                        state=ReservationState.TIMED_OUT,
-                        ended_at=now,
-                        available_bytes_at_end=ledger.available_bytes(),
+                    self._store_locked(
+                        replace(
+                            record,
+                            state=ReservationState.TIMED_OUT,
+                            ended_at=now,
+                            available_bytes_at_end=ledger.available_bytes(),
+                        )
                     )
                     ledger.count_failure("insufficient_vram")
                     logger.info(
@@ -501,7 +573,7 @@ class ReservationBook:
                     break
                 queue.pop(0)
                 record = replace(head, state=ReservationState.GRANTED, ledger_id=granted.id, granted_at=now)
-                self._records[record.id] = record
+                self._store_locked(record)
                 admitted.append(record)
                 logger.info(
                     "GPU %d: admitted %s for %s from the queue", gpu, format_bytes(head.nbytes), head.holder

@@ -3,7 +3,8 @@
 A process-table walk costs far more than an NVML call, so the table is read at most once every `interval_s`
 (Settings.process_check_interval_secs) on the injected clock; on Linux it reads /proc directly (psutil
 costs about 6x more per process), and command lines are read only for processes whose name asks for it
-(Steam's `reaper`).
+(Steam's `reaper`). Each process's owner is read too (one stat of /proc/PID): a signal counts only when the
+process is this user's (another user's `reaper SteamLaunch` or `blender` must not evict our models).
 Processes that vanish or deny access mid-walk are skipped or reported with what could be read.
 """
 
@@ -24,6 +25,7 @@ from app.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 _ATTRS = ["pid", "ppid", "name", "exe", "create_time"]
+_ATTRS_WITH_UIDS = [*_ATTRS, "uids"] if hasattr(psutil.Process, "uids") else _ATTRS  # not on Windows
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class ProcessInfo:
     exe: str | None  # None when unreadable (another user's process, a kernel thread)
     create_time: float | None  # Unix time
     cmdline: tuple[str, ...] | None = None  # read only for names in ProcessScanner.cmdline_names
+    uid: int | None = None  # effective uid (_read_owner); None: not read (simulated, or no uids here)
+
+    def owned_by_us(self) -> bool:
+        """The process runs as this user, or its owner was not read (a fake or simulated table, or a
+        platform without uids). The readers never give a command line without its uid, so a command-line
+        signal (Steam's reaper) is matched only on processes of this user."""
+        return self.uid is None or not hasattr(os, "getuid") or self.uid == os.getuid()
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,12 @@ def read_process_table(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
 def read_with_psutil(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
     """The portable walk (psutil)."""
     found: list[ProcessInfo] = []
-    for proc in psutil.process_iter(_ATTRS, ad_value=None):
+    for proc in psutil.process_iter(_ATTRS_WITH_UIDS, ad_value=None):
         info = proc.info
         name = info.get("name") or ""
         cmdline: tuple[str, ...] | None = None
+        uids = info.get("uids")
+        uid: int | None = int(uids.effective) if uids is not None else None
         if name.lower() in cmdline_names:
             try:
                 cmdline = tuple(proc.cmdline())
@@ -74,6 +85,8 @@ def read_with_psutil(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
                 continue  # it ended while we looked
             except psutil.AccessDenied:
                 cmdline = None
+            if uid is None and _ATTRS_WITH_UIDS is not _ATTRS:
+                cmdline = None  # whose it is cannot be told: not matched on
         found.append(
             ProcessInfo(
                 pid=int(info["pid"]),
@@ -82,6 +95,7 @@ def read_with_psutil(cmdline_names: frozenset[str]) -> list[ProcessInfo]:
                 exe=info.get("exe") or None,
                 create_time=info.get("create_time"),
                 cmdline=cmdline,
+                uid=uid,
             )
         )
     return found
@@ -149,7 +163,23 @@ def _read_one(
             name = full if full.startswith(name) else name
         if name.lower() not in cmdline_names:
             cmdline = None
-    return ProcessInfo(pid=pid, ppid=ppid, name=name, exe=exe, create_time=create_time, cmdline=cmdline)
+    uid = _read_owner(pid)
+    if cmdline is not None and uid is None:
+        cmdline = None  # whose it is cannot be told: not matched on
+    return ProcessInfo(
+        pid=pid, ppid=ppid, name=name, exe=exe, create_time=create_time, cmdline=cmdline, uid=uid
+    )
+
+
+def _read_owner(pid: int) -> int | None:
+    """Whose process this is: the owner of /proc/PID, which is the process's effective uid (what `ps`
+    shows as USER), one stat: about 2 us against 15 us for parsing /proc/PID/status. Unlike the files in
+    it, the directory keeps that owner when the process is not dumpable (prctl(PR_SET_DUMPABLE, 0), as
+    anti-cheat and sandboxes do). None when the process is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None  # it ended while we looked
 
 
 class IncrementalProcReader:

@@ -1,7 +1,8 @@
 """Steam games: Steam starts every game through its `reaper` wrapper, whose command line reads
 `reaper SteamLaunch AppId=1091500 -- <the game's command>`. That process is the signal; its AppId names the
 game (from the library's appmanifest_<AppId>.acf when present), and the first descendant that is not a
-launcher wrapper (shell, Proton, pressure-vessel, Wine helpers) is taken as the game's process.
+launcher wrapper (shell, Proton, pressure-vessel, Wine helpers) is taken as the game's process. Only
+reapers of this user count: any user can start a process named `reaper` with that command line.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ class SteamGames(TableSignalSource):
         seen: set[tuple[int, float | None]] = set()
         for proc in table.processes:
             if proc.name.lower() != REAPER_NAME or not proc.cmdline:
+                continue
+            if not proc.owned_by_us():  # another user's game (or a fake reaper) is not ours to yield to
                 continue
             app_id = steam_app_id(proc.cmdline)
             if app_id is None:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from app.client import ApiError, StewardClient
-from app.core.api.server import ApiServer, load_or_create_token
+from app.core.api.server import ApiServer
+from app.core.api.token import issue_token
 from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.core.wiring import build_runtime
@@ -68,17 +69,18 @@ def test_status_requires_the_token(server: dict[str, Any], token: str | None) ->
     assert problem["error"] == "unauthorized" and problem["suggestions"]
 
 
-def test_token_file_is_private_and_reused(server: dict[str, Any]) -> None:
+def test_token_file_is_private_and_new_at_every_start(server: dict[str, Any]) -> None:
     path = server["state"] / "api-token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_or_create_token(path) == server["token"]
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert issue_token(path) != server["token"]  # the next start rotates it
 
 
-def test_loose_token_file_mode_is_fixed(tmp_path: Path) -> None:
+def test_loose_token_file_is_replaced_not_just_fixed(tmp_path: Path) -> None:
     path = tmp_path / "api-token"
-    token = load_or_create_token(path)
+    token = issue_token(path)
     os.chmod(path, 0o644)
-    assert load_or_create_token(path) == token
+    assert issue_token(path) != token  # others may have read the old one
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
