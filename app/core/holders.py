@@ -42,6 +42,8 @@ class ModelStatus:
     # An app with no call to load a model again (ComfyUI, InvokeAI): freed by us, it is not restored but
     # comes back on its own at the app's next use (state UNLOADED while it has not).
     comes_back_on_next_use: bool = False
+    # The user keeps it out (`vram-steward freeze`): the policy never brings it back; only the user does.
+    held_by_user: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -58,6 +60,7 @@ class ModelStatus:
             "progress_total_bytes": self.progress_total_bytes,
             "last_error": self.last_error,
             "comes_back_on_next_use": self.comes_back_on_next_use,
+            "held_by_user": self.held_by_user,
         }
 
 

@@ -32,8 +32,9 @@ from app.core import events as ev
 from app.core.errors import InsufficientVram, InvalidInput
 from app.core.events import Event
 from app.core.freeze.api import CheckpointDriver, CheckpointError, FreezingUnavailable, ProcessState
+from app.core.freeze.checks import process_refusal
 from app.core.gpu.backend import GpuBackend
-from app.core.gpu.snapshot import GpuState, ProcessKind
+from app.core.gpu.snapshot import GpuState, ProcessKind, TelemetrySnapshot
 from app.core.holders import HolderRole, ModelState, ModelStatus, unsupported_verify
 from app.core.residency.ledger import Ledgers
 from app.core.settings import Settings
@@ -71,7 +72,9 @@ class _App:
     frozen_at: float | None = None
     warned_pressure: bool = False
     graphics: bool = False  # one of its processes has a graphics context: never frozen
+    refusal: str | None = None  # what the checks found against freezing it (app/core/freeze/checks.py)
     refused: bool = False  # a freeze was refused: not tried again until the GPU is no longer held
+    held_by_user: bool = False  # frozen by `vram-steward freeze`: thawed only by the user
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class _Found:
     gpu: int | None
     size_bytes: int
     graphics: bool
+    refusal: str | None = None  # checks.process_refusal for one of its processes (managed memory, owner)
 
 
 @dataclass
@@ -173,6 +177,7 @@ class FreezeHolder:
                 holder=self.name,
                 priority=1000,  # under pressure, models go first (an app is frozen only for games anyway)
                 last_error=app.last_error,
+                held_by_user=app.held_by_user,
             )
             for app in self._apps.values()
             if app.state != ModelState.UNLOADED or app.pids
@@ -187,6 +192,7 @@ class FreezeHolder:
         app = self._get(model)
         if app.state != ModelState.FROZEN or app.job is not None:
             return
+        app.held_by_user = False
         need = (app.size_bytes or 0) + RESTORE_MARGIN_BYTES
         try:
             reservation = self._ledgers.for_gpu(app.gpu).reserve(need, holder=f"freeze:{model}")
@@ -235,9 +241,15 @@ class FreezeHolder:
         return []
 
     def unload(self, model: str) -> Sequence[Event]:
-        raise InvalidInput(
-            f"{model} is an app VRAM Steward freezes, not a model it loads: stop the app itself"
-        )
+        """The user's `vram-steward freeze NAME`: frozen now, whatever runs, and kept frozen until the
+        user thaws it (`vram-steward thaw NAME`, which is a load)."""
+        app = self._get(model)
+        events: list[Event] = []
+        if app.state != ModelState.FROZEN:
+            app.refused = False  # the user asks now: try again even after a refusal
+            events.extend(self.evict([model], "user"))
+        app.held_by_user = app.state == ModelState.FROZEN  # a refusal is in last_error
+        return events
 
     def poll(self) -> Sequence[Event]:
         events, self._pending = self._pending, []
@@ -357,7 +369,12 @@ class FreezeHolder:
                         holding.add(proc.pid)
                         graphics = graphics or proc.kind in (ProcessKind.GRAPHICS, ProcessKind.BOTH)
             where = max(per_gpu, key=lambda g: per_gpu[g]) if per_gpu else None
-            listing.found[name] = _Found(tuple(sorted(holding)), where, sum(per_gpu.values()), graphics)
+            refusal = next(
+                (r for r in (_process_refusal(pid, snapshot) for pid in sorted(holding)) if r), None
+            )
+            listing.found[name] = _Found(
+                tuple(sorted(holding)), where, sum(per_gpu.values()), graphics, refusal
+            )
         return listing
 
     # --- the engine thread ---------------------------------------------------------------------
@@ -386,6 +403,7 @@ class FreezeHolder:
                 continue
             app.pids = found.pids
             app.graphics = found.graphics
+            app.refusal = found.refusal
             if found.pids and found.size_bytes > 0:
                 app.state = ModelState.RESIDENT
                 app.size_bytes = found.size_bytes
@@ -452,6 +470,8 @@ class FreezeHolder:
             return "its processes hold no VRAM"
         if app.graphics:
             return "it has a graphics context (the driver cannot checkpoint graphics)"
+        if app.refusal:
+            return app.refusal
         room = self._host_room()
         if (app.size_bytes or 0) > room:
             return (
@@ -465,6 +485,13 @@ class FreezeHolder:
         if app is None:
             raise InvalidInput(f"unknown app {model!r}", field_name="model", value=model)
         return app
+
+
+def _process_refusal(pid: int, snapshot: TelemetrySnapshot) -> str | None:
+    try:
+        return process_refusal(pid, snapshot)
+    except (ProcessLookupError, OSError):
+        return None  # gone meanwhile: the next listing forgets it
 
 
 def _host_room_bytes() -> int:

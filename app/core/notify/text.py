@@ -1,6 +1,6 @@
 """Which engine events become desktop notifications, and their words: title, body, buttons (pure, no I/O).
 
-A notification says what happened with numbers ("Cyberpunk 2077 started: freed 14.2 GB (2 models)") and
+A notification says what happened with numbers ("Cyberpunk 2077 started: freed 13.2 GiB (2 models)") and
 offers what the user can do about it. Errors say where the log is. Events the user caused themselves
 (Pause, Evict now) and routine ones (a model loaded) make no notification: the tray shows them.
 """
@@ -14,13 +14,14 @@ from pathlib import Path
 
 from app.core import events as ev
 from app.core import paths
-from app.core.units import format_gb
+from app.core.units import format_bytes
 
 # Action keys: what a button asks for. The caller maps them to engine commands (see notify.py).
 ACTION_RESUME = "resume"
 ACTION_SHOW = "show"  # open the dashboard
 ACTION_EVICT_NOW = "evict_now"
 IGNORE_APP_PREFIX = "ignore_app:"  # followed by the application's name
+MANAGE_APP_PREFIX = "manage_app:"  # followed by "<kind> <url>" of a discovered app (events.AppFound)
 
 MAX_BURST_LINES = 3  # earlier titles a merged burst lists before "and N more"
 
@@ -88,7 +89,7 @@ _QUIET_EVICTION_REASONS = frozenset({"user", "pause", "sleep", "lost"})  # "lost
 def _evicted(event: ev.ModelsEvicted) -> NotificationText | None:
     if event.reason in _QUIET_EVICTION_REASONS:
         return None
-    freed = f"freed {format_gb(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
+    freed = f"freed {format_bytes(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
     what = f"{freed} ({_count(event.models)})"
     actions: tuple[NotificationAction, ...] = (RESUME_NOW, OPEN_DASHBOARD)
     if event.reason == "game":
@@ -114,8 +115,8 @@ def _evicted(event: ev.ModelsEvicted) -> NotificationText | None:
 def _load_refused(event: ev.LoadRefused) -> NotificationText:
     if event.need_bytes is not None and event.available_bytes is not None:
         title = (
-            f"Could not load {event.model}: need {format_gb(event.need_bytes)}, "
-            f"{format_gb(max(event.available_bytes, 0))} free"
+            f"Could not load {event.model}: need {format_bytes(event.need_bytes)}, "
+            f"{format_bytes(max(event.available_bytes, 0))} free"
         )
     else:
         title = f"Could not load {event.model}"
@@ -159,12 +160,20 @@ def notification_for(event: ev.Event, *, log_path: Path | None = None) -> Notifi
         )
     if isinstance(event, ev.LoadRefused):
         return _load_refused(event)
+    if isinstance(event, ev.VramDeallocated) and event.reason == "frozen":
+        return NotificationText(
+            title=f"{event.model} frozen: {format_bytes(event.bytes)} moved to RAM",
+            body=f"It resumes where it was when GPU {event.gpu} is free again (`vram-steward thaw` now).",
+            coalesce_key="frozen",
+            urgency=Urgency.LOW,
+        )
     if isinstance(event, ev.GameWarning):
         return NotificationText(
             title=f"{event.name} started: it may lack VRAM",
             body=(
-                f"Auto-pause for gaming is off, so your models stay on GPU {event.gpu}. "
-                "Free now gives the game all the VRAM; they come back when it ends."
+                f"Auto-pause for gaming is off, so your models stay on GPU {event.gpu} while there is room. "
+                "If the game needs their VRAM, they are freed then (as for any other app); Free now "
+                "gives it all the VRAM at once. They come back when it ends."
             ),
             coalesce_key=event.kind,
             actions=(FREE_NOW, OPEN_DASHBOARD),
@@ -199,7 +208,22 @@ def notification_for(event: ev.Event, *, log_path: Path | None = None) -> Notifi
         return _error(
             "VRAM Steward hit an internal error", f"In {event.where}: {event.message}", event, log_path
         )
+    if isinstance(event, ev.AppFound):
+        return _app_found(event)
     return None
+
+
+def _app_found(event: ev.AppFound) -> NotificationText:
+    return NotificationText(
+        title=f"Found {event.display_name} on port {event.port} - manage it while you game?",
+        body=(
+            f"VRAM Steward can free what {event.display_name} holds when a game starts "
+            "and bring it back after."
+        ),
+        coalesce_key=f"{event.kind}:{event.url}",
+        actions=(NotificationAction("Manage it", f"{MANAGE_APP_PREFIX}{event.server_kind} {event.url}"),),
+        urgency=Urgency.LOW,
+    )
 
 
 def merge_burst(texts: Sequence[NotificationText]) -> NotificationText:

@@ -334,7 +334,11 @@ class ContentionPolicy:
         held = [m for m in mine if m.state in _HELD]
         # what is out: evicted by us, or refused for lack of room (retried like a reload, the cooldown
         # window being the backoff, so a blocker that exits lets it in)
-        evicted = [m for m in mine if m.state in (ModelState.EVICTED, ModelState.WAITING, ModelState.FROZEN)]
+        evicted = [
+            m
+            for m in mine
+            if m.state in (ModelState.EVICTED, ModelState.WAITING, ModelState.FROZEN) and not m.held_by_user
+        ]
         window = self._window(index)
         paused = self._paused_all or index in self._paused_gpus
         if paused:

@@ -266,3 +266,23 @@ def test_without_the_checkpoint_api_nothing_is_frozen_and_the_reason_is_given(wo
     world.run(1)
     assert world.app().state == "resident"
     assert "r570" in (world.app().last_error or "")
+
+
+def test_the_users_freeze_holds_until_the_user_thaws(world: World) -> None:
+    """`vram-steward freeze ComfyUI` (the engine's unload of the app) and `thaw` (its load), through the
+    engine's door: frozen with no game at all, kept frozen past any cooldown, restored on request."""
+    from app.core.policy.contention import Command
+
+    world.run(2)
+    (pid,) = world.pids
+    frozen = world.steward.submit(Command(kind="unload", model="ComfyUI"))
+    world.run(1)
+    assert frozen.result(timeout=1).model("ComfyUI").state == "frozen"  # type: ignore[union-attr]
+    assert world.app().held_by_user and world.sim.our_bytes(0, pid) == 0
+    world.run(90)  # three cooldowns: the policy never restores what the user froze
+    assert world.app().state == "frozen"
+    thawed = world.steward.submit(Command(kind="load", model="ComfyUI"))
+    world.run(1)
+    thawed.result(timeout=1)
+    assert world.app().state == "resident" and not world.app().held_by_user
+    assert world.sim.our_bytes(0, pid) == 8 * GiB

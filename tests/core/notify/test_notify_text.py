@@ -30,7 +30,7 @@ def keys(text: NotificationText) -> list[str]:
 def test_a_game_eviction_says_what_was_freed_and_offers_resume_and_ignore() -> None:
     text = notification_for(evicted())
     assert text is not None
-    assert text.title == "Cyberpunk 2077 started: freed 14.2 GB (2 models)"
+    assert text.title == "Cyberpunk 2077 started: freed 13.2 GiB (2 models)"  # 14.2e9 bytes, in binary units
     assert "llama-8b, qwen-14b" in text.body and "GPU 0" in text.body
     assert keys(text) == ["resume", "ignore_app:Cyberpunk 2077", "show"]
     assert [a.label for a in text.actions] == ["Resume now", "Always ignore this app", "Open dashboard"]
@@ -52,8 +52,8 @@ def test_evictions_the_user_caused_or_another_notification_covers_are_quiet(reas
 def test_thermal_and_battery_evictions_offer_resume_but_not_ignore() -> None:
     hot = notification_for(evicted(reason="thermal", trigger="87 °C"))
     battery = notification_for(evicted(reason="battery", trigger="battery"))
-    assert hot is not None and hot.title.startswith("GPU 0 too hot: freed 14.2 GB")
-    assert battery is not None and battery.title.startswith("On battery: freed 14.2 GB")
+    assert hot is not None and hot.title.startswith("GPU 0 too hot: freed 13.2 GiB")
+    assert battery is not None and battery.title.startswith("On battery: freed 13.2 GiB")
     assert keys(hot) == keys(battery) == ["resume", "show"]
 
 
@@ -65,7 +65,7 @@ def test_resumed_says_the_gpu_is_free_and_how_long_models_were_out() -> None:
     assert text.urgency is Urgency.LOW
 
 
-def test_a_refused_load_gives_need_and_free_in_gb() -> None:
+def test_a_refused_load_gives_need_and_free_in_gib() -> None:
     event = ev.LoadRefused(
         at=0,
         model="llama-70b",
@@ -76,7 +76,7 @@ def test_a_refused_load_gives_need_and_free_in_gb() -> None:
     )
     text = notification_for(event)
     assert text is not None
-    assert text.title == "Could not load llama-70b: need 40.0 GB, 9.0 GB free"
+    assert text.title == "Could not load llama-70b: need 37.3 GiB, 8.4 GiB free"
     assert "smaller" in text.body
 
 
@@ -91,6 +91,17 @@ def test_a_game_with_auto_pause_off_warns_and_offers_free_now() -> None:
     assert text is not None
     assert text.title == "Elden Ring started: it may lack VRAM"
     assert keys(text) == ["evict_now", "show"] and text.actions[0].label == "Free now"
+    # never "your models stay" and then pressure frees them: it says what happens if the game needs VRAM
+    assert "If the game needs their VRAM, they are freed then" in text.body
+
+
+def test_a_frozen_app_says_what_moved_to_ram_and_how_to_thaw() -> None:
+    text = notification_for(
+        ev.VramDeallocated(at=0, model="ComfyUI", gpu=0, bytes=12 * 2**30 + 2**29, reason="frozen")
+    )
+    assert text is not None
+    assert text.title == "ComfyUI frozen: 12.5 GiB moved to RAM"
+    assert "vram-steward thaw" in text.body
 
 
 @pytest.mark.parametrize(
