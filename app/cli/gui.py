@@ -226,6 +226,9 @@ def make_steward_app(
         stop_api_and_loop()
 
     worker = StewardWorker(runtime.steward, stop_services=stop_services)
+    discovery = runtime.discovery
+    if discovery is not None:  # apps found on the discovery thread: queued to the GUI like engine events
+        discovery.subscribe(lambda app: worker.engine_event.emit(app.event(at=runtime.steward.clock())))
     extra = {"clock": clock} if clock is not None else {}
     return StewardApp(
         worker, settings, config_path, notices=notices, welcome=welcome, notifications=notifications, **extra

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import tomllib
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from app.core import paths
 from app.core.atomic import write_atomic
 from app.core.errors import MISSING, ConfigError
 from app.core.loopback import is_loopback
+from app.core.private import private_dir
 from app.core.settings import AppRule, ModelConfig, ServerConfig, Settings
 from app.core.units import GiB, KiB, MiB, SizeParseError, TiB, parse_size
 
@@ -253,8 +255,17 @@ SPECS_BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SETTING_SPECS}
 
 SERVER_KINDS = (
     "ollama", "llama_cpp", "llama_swap", "lm_studio", "text_generation_webui", "vllm", "sglang",
-    "comfyui", "a1111", "forge", "invokeai", "localai", "koboldcpp",
+    "comfyui", "a1111", "forge", "invokeai", "localai", "koboldcpp", "command", "systemd", "freeze",
 )  # fmt: skip
+# Kinds without an HTTP API: VRAM Steward stops and starts them (app/core/servers/generic.py). The keys each
+# kind uses; every other kind is a server or app with an API and uses url, keep_alive and api_key.
+STOP_START_KEYS: dict[str, tuple[str, ...]] = {
+    "command": ("kind", "stop", "start", "match", "timeout_s"),
+    "systemd": ("kind", "unit", "user", "timeout_s"),
+    "freeze": ("kind", "name", "match"),  # any CUDA app, frozen by the driver's checkpoint API
+}
+API_KEYS = ("kind", "url", "keep_alive", "api_key")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+$")
 RULE_ACTIONS = ("evict", "ignore")
 _KEEP_ALIVE_RE = re.compile(r"^-?\d+(\.\d+)?(ms|s|m|h)?$")
 
@@ -280,12 +291,25 @@ TABLE_SPECS: tuple[TableSpec, ...] = (
         _field("action", _T, "Action", "evict: free VRAM when it runs; ignore: never counts as pressure.",
                required=True, choices=RULE_ACTIONS),
     )),
-    TableSpec("servers", "Model servers", "External model servers managed like our own models.", (
-        _field("kind", _T, "Kind", "The server software.", required=True, choices=SERVER_KINDS),
-        _field("url", _T, "URL", "Where the server listens (http or https).", required=True),
+    TableSpec("servers", "Managed servers and apps",
+              "Everything else that holds VRAM for you: model servers, AI apps, commands, systemd units.", (
+        _field("kind", _T, "Kind", "The server or app, or command / systemd.", required=True,
+               choices=SERVER_KINDS),
+        _field("url", _T, "URL", "Where the server listens (http or https); not for command / systemd.", ""),
         _field("keep_alive", _T, "Keep alive", 'How long the server keeps a model loaded ("5m", "-1").',
                "5m"),
         _field("api_key", _T, "API key", "Sent as a bearer token, for a server that requires one.", ""),
+        _field("stop", _T, "Stop command", "kind = command: the command line that stops it (no shell).", ""),
+        _field("start", _T, "Start command", "kind = command: the command line that starts it (no shell).",
+               ""),
+        _field("match", _T, "Its processes",
+               "kind = command / freeze: an executable name or command-line part.", ""),
+        _field("name", _T, "Name", "kind = freeze: the app's name for people (default: match).", ""),
+        _field("unit", _T, "Unit", 'kind = systemd: the unit, e.g. "comfyui.service".', ""),
+        _field("user", _B, "User unit", "kind = systemd: a user unit (systemctl --user), or not.",
+               True),
+        _field("timeout_s", _F, "Timeout", "kind = command / systemd: the longest a stop or start may take.",
+               30.0, unit="s", minimum=1, maximum=3600),
     )),
 )  # fmt: skip
 
@@ -430,7 +454,7 @@ _TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 
 def _decode(path: Path, data: bytes) -> str:
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a UTF-8 byte-order mark (some Windows editors write one) is fine
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
@@ -669,7 +693,16 @@ def _table_entries(raw: Mapping[str, Any], spec: TableSpec, problems: _Problems)
         for key, item in entry.items():
             field_spec = spec.field_spec(key)
             if field_spec is None:
-                _unknown(problems, (*where, key), item, known)
+                if key in SPECS_BY_KEY:  # a top-level setting written below a [[table]] header joins it
+                    problems.add(
+                        (*where, key),
+                        item,
+                        f"a key of [[{spec.key}]] ({', '.join(known)}): {key} is a top-level setting; "
+                        f"move it above the first [[{spec.key}]] line (TOML puts every key after a "
+                        "[[table]] header into that table)",
+                    )
+                else:
+                    _unknown(problems, (*where, key), item, known)
                 ok = False
                 continue
             try:
@@ -754,7 +787,13 @@ def _validate_models(
             first_with_name[name] = int(where[1])
         model_path = _expand_path(entry["path"], base) if "path" in entry else None
         if check_files and model_path is not None and not model_path.is_file():
-            problem = "a folder" if model_path.is_dir() else "missing"
+            problem = (
+                "a folder"
+                if model_path.is_dir()
+                else "not a regular file"
+                if model_path.exists()
+                else "missing"
+            )
             problems.add(
                 (*where, "path"), entry["path"], f"an existing model file ({model_path} is {problem})"
             )
@@ -780,6 +819,20 @@ def _validate_models(
 def _validate_servers(raw: Mapping[str, Any], problems: _Problems) -> tuple[ServerConfig, ...]:
     servers = []
     for where, entry, ok in _table_entries(raw, TABLES_BY_KEY["servers"], problems):
+        kind = entry.get("kind")
+        if kind is None:
+            continue  # _table_entries said it is missing or wrong
+        if kind in STOP_START_KEYS:
+            if _check_stop_start(where, kind, entry, problems) and ok:
+                servers.append(ServerConfig(**entry))
+            continue
+        ok = _check_keys(where, kind, entry, API_KEYS, problems) and ok
+        if "url" not in entry:
+            expected = (
+                f'an http:// or https:// URL (required for kind = "{kind}"), e.g. "http://127.0.0.1:8188"'
+            )
+            problems.add((*where, "url"), MISSING, expected)
+            ok = False
         bad_url = _check_url(entry["url"]) if "url" in entry else None
         if bad_url:
             problems.add((*where, "url"), entry["url"], bad_url)
@@ -791,6 +844,61 @@ def _validate_servers(raw: Mapping[str, Any], problems: _Problems) -> tuple[Serv
         if ok and not bad_url:
             servers.append(ServerConfig(**entry))
     return tuple(servers)
+
+
+def _check_keys(
+    where: tuple[str, ...], kind: str, entry: Mapping[str, Any], allowed: Sequence[str], problems: _Problems
+) -> bool:
+    """Each key of the entry is one its kind uses (a `unit` on an Ollama entry is a mistake worth naming)."""
+    ok = True
+    for key in entry:
+        if key not in allowed:
+            problems.add((*where, key), entry[key], f'a key that kind = "{kind}" uses: {", ".join(allowed)}')
+            ok = False
+    return ok
+
+
+def _check_stop_start(
+    where: tuple[str, ...], kind: str, entry: Mapping[str, Any], problems: _Problems
+) -> bool:
+    """A `command` entry has a stop and a start command line that split into arguments; a `systemd` entry
+    names a unit (never an option: a unit starting with "-" would be read as one)."""
+    ok = _check_keys(where, kind, entry, STOP_START_KEYS[kind], problems)
+    if kind == "freeze":
+        if not str(entry.get("match", "")).strip():
+            expected = 'an executable name or a command-line part in quotes, e.g. "ComfyUI/main.py"'
+            problems.add((*where, "match"), entry.get("match", MISSING), expected)
+            return False
+        return ok
+    if kind == "command":
+        for key in ("stop", "start"):
+            if key not in entry:
+                expected = (
+                    f'a command line in quotes (required for kind = "command"), e.g. "docker {key} comfyui"'
+                )
+                problems.add((*where, key), MISSING, expected)
+                ok = False
+                continue
+            try:
+                argv = shlex.split(entry[key])
+            except ValueError as exc:
+                problems.add((*where, key), entry[key], f"a command line with balanced quotes ({exc})")
+                ok = False
+                continue
+            if not argv:
+                problems.add((*where, key), entry[key], "a command line with a program to run")
+                ok = False
+        return ok
+    unit = entry.get("unit")
+    if unit is None:
+        expected = 'a systemd unit name in quotes (required for kind = "systemd"), e.g. "comfyui.service"'
+        problems.add((*where, "unit"), MISSING, expected)
+        return False
+    if unit.startswith("-") or not _UNIT_RE.match(unit):
+        expected = 'a systemd unit name (letters, digits, ":_.\\@-"; no leading "-"), e.g. "ollama.service"'
+        problems.add((*where, "unit"), unit, expected)
+        return False
+    return ok
 
 
 def _load(
@@ -853,7 +961,7 @@ def ensure_default_config(path: Path | None = None) -> bool:
     path = Path(path) if path is not None else paths.default_config_file()
     if path.exists() or path.is_symlink():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # 0700: the settings may hold API keys
     write_atomic(path, default_config_text())
     logger.info("wrote the default settings file %s", path)
     return True
@@ -904,7 +1012,7 @@ def save_settings(settings: Settings, path: Path) -> Settings:
             expected="settings that read back the same after saving (a bug: please report it)",
         )
     if new_text != text or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)  # 0700: the settings may hold API keys
         write_atomic(_real_path(path), new_text)
     return dataclasses.replace(saved, source=path)
 
@@ -923,6 +1031,16 @@ def update_settings(path: Path | None = None, **changes: Any) -> Settings:
             )
     current = load_settings(path, check_files=False) if (path.exists() or path.is_symlink()) else Settings()
     return save_settings(dataclasses.replace(current, **changes), path)
+
+
+def add_server(path: Path | None, server: ServerConfig) -> Settings:
+    """Append one `[[servers]]` entry to the settings file, keeping everything already there as written
+    (comments included): what accepting a discovered app does. An entry already there is not added twice."""
+    path = Path(path) if path is not None else paths.default_config_file()
+    current = load_settings(path, check_files=False) if (path.exists() or path.is_symlink()) else Settings()
+    if server in current.servers:
+        return current
+    return update_settings(path, servers=(*current.servers, server))
 
 
 # --- editing a tomlkit document in place ---------------------------------------------------------
@@ -946,7 +1064,9 @@ def _entry_fields(table: str, entry: Any, settings: Settings, *, complete: bool 
         defaults: dict[str, Any] = {"gpu": settings.gpu_device, "priority": 0, "variants": []}
     else:
         fields = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
-        defaults = {"keep_alive": "5m", "api_key": ""}
+        defaults = {
+            f.name: f.default for f in dataclasses.fields(entry) if f.default is not dataclasses.MISSING
+        }
     if complete:
         return fields
     return {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
@@ -978,6 +1098,14 @@ def _apply_table(doc: tomlkit.TOMLDocument, key: str, current: Settings, new: Se
         if key in doc:
             del doc[key]
         return
+    if (
+        isinstance(existing, tomlkit.items.AoT)
+        and len(existing) == len(old_entries) < len(new_entries)
+        and tuple(new_entries[: len(old_entries)]) == tuple(old_entries)
+    ):  # entries added at the end (a discovered app): the existing ones stay as written, comments included
+        for entry in new_entries[len(old_entries) :]:
+            existing.append(_new_entry(key, entry, new))
+        return
     if not isinstance(existing, list) or not len(existing) == len(old_entries) == len(new_entries):
         aot = tomlkit.aot()
         for entry in new_entries:
@@ -987,11 +1115,11 @@ def _apply_table(doc: tomlkit.TOMLDocument, key: str, current: Settings, new: Se
     for table, old, entry in zip(existing, old_entries, new_entries, strict=True):
         wanted = _entry_fields(key, entry, new)
         for name, value in _entry_fields(key, entry, new, complete=True).items():
-            if name in table:
-                if getattr(old, name) != getattr(entry, name):
-                    table[name] = value
-            elif name in wanted:
+            changed = getattr(old, name) != getattr(entry, name)
+            if name in wanted and (changed or name not in table):
                 table[name] = value
+            elif name in table and changed:  # back to its default (an entry that changed kind): drop it
+                del table[name]
 
 
 # --- symlinked settings files --------------------------------------------------------------------
@@ -1017,6 +1145,7 @@ __all__ = [
     "Settings",
     "SpecKind",
     "TableSpec",
+    "add_server",
     "default_config_text",
     "ensure_default_config",
     "file_schema_version",

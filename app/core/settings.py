@@ -30,10 +30,22 @@ class AppRule:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    kind: str  # one of config.SERVER_KINDS: "ollama", "llama_cpp", "lm_studio", "vllm", ...
-    url: str
+    """One `[[servers]]` entry: everything VRAM Steward manages besides its own models (a model server, an
+    AI app, a stop/start command pair, a systemd unit), told apart by `kind`."""
+
+    kind: str  # one of config.SERVER_KINDS: "ollama", "lm_studio", "vllm", ..., "command", "systemd"
+    url: str = ""  # required for every kind with an HTTP API; unused by "command" and "systemd"
     keep_alive: str = "5m"
     api_key: str = ""  # sent as "Authorization: Bearer <api_key>" when set (LM Studio, vLLM, ...)
+    # kind = "command": command lines run without a shell (split like a POSIX shell would, shlex.split)
+    stop: str = ""
+    start: str = ""
+    match: str = ""  # its processes: an executable name, or a substring of their command line
+    # kind = "systemd"
+    unit: str = ""  # "comfyui.service"
+    user: bool = True  # a user unit (systemctl --user); false: a system unit, through the user's own rights
+    timeout_s: float = 30.0  # the longest a stop or start command (or systemctl) may take
+    name: str = ""  # kind = "freeze": the app's name for people (default: its match)
 
 
 @dataclass(frozen=True)

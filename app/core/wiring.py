@@ -14,38 +14,22 @@ from typing import TYPE_CHECKING
 
 from app.core import paths
 from app.core.aio_thread import AsyncioThread
+from app.core.engine.game_peaks import GamePeaks
 from app.core.engine.steward import Steward
 from app.core.events import AuditLog
 from app.core.gpu.backend import GpuBackend, open_backend
 from app.core.gpu.simulated import SimulatedBackend
 from app.core.holders import ModelHolder
-from app.core.policy.signals import GameSignal, GameSignalSource
+from app.core.policy.signals import GameSignalSource
 from app.core.residency.ledger import Ledgers
-from app.core.settings import Settings
+from app.core.settings import ServerConfig, Settings
+from app.core.signals.scenario import simulated_signals
 
 if TYPE_CHECKING:
     from app.core.api.server import ApiServer
+    from app.core.servers.discovery import DiscoveryWatcher
 
 logger = logging.getLogger(__name__)
-
-
-class ScenarioSignals:
-    """Game signals scripted by a simulation scenario, shaped like the real watchers' output."""
-
-    def __init__(self, backend: SimulatedBackend) -> None:
-        self._backend = backend
-
-    def active(self) -> tuple[GameSignal, ...]:
-        return tuple(
-            GameSignal(name=s.name, source=s.source, pid=s.pid, app_id=s.app_id, started_at=s.started_at)
-            for s in self._backend.active_game_signals()
-        )
-
-    def update_settings(self, settings: Settings) -> None:
-        pass  # the scenario decides what it signals
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -61,6 +45,7 @@ class Runtime:
     aio: AsyncioThread | None = None
     api: ApiServer | None = None
     sleep_watcher: object | None = None
+    discovery: DiscoveryWatcher | None = None  # finds unmanaged AI apps (real runs only); subscribe to it
 
     def start_worker(self) -> None:
         self.worker = threading.Thread(
@@ -76,6 +61,8 @@ class Runtime:
             self.worker.join(timeout_s)
         else:
             self.steward.shutdown()
+        if self.discovery is not None:
+            self.discovery.close()
         close = getattr(self.sleep_watcher, "close", None)
         if close is not None:
             try:
@@ -91,6 +78,45 @@ class Runtime:
             self.aio.stop(timeout_s=5.0)
 
 
+class ManagedHolders:
+    """Holders for the `[[servers]]` entries: one per server, app, command or unit, and one freezing holder
+    for every `kind = "freeze"` entry. `new_holders(settings)` makes those for entries not seen before (at
+    start, and for entries added while running); a removed or changed entry keeps its holder until restart."""
+
+    def __init__(self, backend: GpuBackend, ledgers: Ledgers, clock: Callable[[], float]) -> None:
+        self._backend = backend
+        self._ledgers = ledgers
+        self._clock = clock
+        self._seen: set[ServerConfig] = set()
+
+    def new_holders(self, settings: Settings) -> list[ModelHolder]:
+        fresh = [s for s in settings.servers if s not in self._seen]
+        self._seen |= set(fresh)
+        holders: list[ModelHolder] = []
+        servers = [s for s in fresh if s.kind != "freeze"]
+        if servers:
+            from app.core.servers import make_server_holder
+
+            holders.extend(
+                make_server_holder(
+                    s, backend=self._backend, clock=self._clock, default_gpu=settings.gpu_device
+                )
+                for s in servers
+            )
+        frozen = [s for s in fresh if s.kind == "freeze"]
+        if frozen:
+            from app.core.freeze.driver import open_driver
+            from app.core.freeze.holder import FreezeHolder, FreezeRule
+
+            rules = [FreezeRule(s.name or s.match, s.match, settings.gpu_device) for s in frozen]
+            holders.append(
+                FreezeHolder(
+                    rules, backend=self._backend, ledgers=self._ledgers, driver=open_driver, clock=self._clock
+                )
+            )
+        return holders
+
+
 def make_signals(
     settings: Settings,
     backend: GpuBackend,
@@ -98,10 +124,11 @@ def make_signals(
     aio: AsyncioThread | None,
     wake: Callable[[], None] = lambda: None,
 ) -> GameSignalSource:
-    """The game signals that can run here: scenario signals in simulation; GameMode, Steam and the
-    exclusive-app list on a real machine (each optional, each failing quietly to "no games")."""
+    """The game signals that can run here: in simulation the scenario's scripted signals and the
+    exclusive-app list matched over the scenario's processes; GameMode, Steam and the exclusive-app list on
+    a real machine (each optional, each failing quietly to "no games")."""
     if isinstance(backend, SimulatedBackend):
-        return ScenarioSignals(backend)
+        return simulated_signals(settings, backend, clock)
     from app.core.policy.signals import CompositeSignals
     from app.core.signals.exclusive_apps import ExclusiveApps
     from app.core.signals.process_scan import ProcessScanner
@@ -182,10 +209,9 @@ def build_runtime(
             holders.append(
                 ResidencyManager.for_settings(settings, ledgers=ledgers, backend=backend, clock=clock)
             )
-    if simulate is None and settings.servers:  # real servers only: a simulation must not touch them
-        from app.core.servers import make_server_holders
-
-        holders.extend(make_server_holders(settings, backend=backend, clock=clock))
+    managed = ManagedHolders(backend, ledgers, clock) if simulate is None else None
+    if managed is not None:  # real servers and apps only: a simulation must not touch them
+        holders.extend(managed.new_holders(settings))
     aio: AsyncioThread | None = None
     if with_api or simulate is None:  # D-Bus (GameMode, logind) and the API run on the asyncio thread
         aio = AsyncioThread()
@@ -205,6 +231,10 @@ def build_runtime(
         ledgers=ledgers,
         clock=clock,
         audit=AuditLog(paths.audit_log_file()) if audit else None,
+        # what each game needed last time; a simulation learns in memory only (replays stay exact)
+        game_peaks=GamePeaks(paths.game_peaks_file() if simulate is None else None),
+        # a [[servers]] entry added while running (the settings dialog, "Manage it") gets its holder at once
+        new_holders=managed.new_holders if managed is not None else None,
     )
     engines.append(steward)
     sleep_watcher = watch_sleep(steward, aio) if aio is not None and simulate is None else None
@@ -216,16 +246,22 @@ def build_runtime(
         aio=aio,
         sleep_watcher=sleep_watcher,
     )
+    if simulate is None:  # a simulation must not probe the real machine
+        from app.core.servers.discovery import DiscoveryWatcher
+
+        runtime.discovery = DiscoveryWatcher.for_backend(lambda: runtime.settings.servers, backend)
+        runtime.discovery.start()  # its own daemon thread: the engine never waits on a probe
     if with_api and aio is not None:
         from app.core.api.metrics import StewardMetrics
-        from app.core.api.server import ApiServer, load_or_create_token
+        from app.core.api.server import ApiServer
+        from app.core.api.token import issue_token
 
         metrics = StewardMetrics(steward)
         api = ApiServer(
             steward,
             host=settings.api_host,
             port=settings.api_port,
-            token=load_or_create_token(),
+            token=issue_token(),  # a new token at every start
             allow_remote=settings.allow_remote_api,
             endpoint_file=paths.api_endpoint_file(),
             metrics=metrics.render,

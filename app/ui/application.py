@@ -33,7 +33,7 @@ from app.core.notify.notifier import (
     add_ignore_rule,
     command_for_action,
 )
-from app.core.notify.text import ACTION_SHOW, IGNORE_APP_PREFIX
+from app.core.notify.text import ACTION_SHOW, IGNORE_APP_PREFIX, MANAGE_APP_PREFIX
 from app.core.settings import Settings
 from app.ui import presenter
 from app.ui.balloon import TrayBalloonNotifier
@@ -224,8 +224,25 @@ class StewardApp(QObject):
             self.show_dashboard()
         elif key.startswith(IGNORE_APP_PREFIX):
             self.ignore_app(key[len(IGNORE_APP_PREFIX) :])
+        elif key.startswith(MANAGE_APP_PREFIX):
+            self.manage_app(key[len(MANAGE_APP_PREFIX) :])
         else:
             logger.warning("unknown notification action %r", key)
+
+    def manage_app(self, what: str) -> None:
+        """ "Manage it" on an app discovery found ("<kind> <url>"): its `[[servers]]` entry is saved
+        (comments kept) and applied at once (the engine makes its holder)."""
+        from app.core.settings import ServerConfig
+
+        kind, _, url = what.partition(" ")
+        try:
+            new = config.add_server(self.config_path, ServerConfig(kind=kind, url=url))
+        except (VramError, OSError) as exc:
+            text = exc.user_message() if isinstance(exc, VramError) else str(exc)
+            self._on_error(f"Could not save the entry for {kind} at {url}: {text}")
+            return
+        logger.info("%s at %s is managed from now on (saved in %s)", kind, url, new.source)
+        self.apply_settings(new)
 
     def ignore_app(self, name: str) -> None:
         """What "Always ignore this app" does: an ignore rule saved in the settings file, then applied."""

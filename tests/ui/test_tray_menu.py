@@ -75,7 +75,7 @@ def test_menu_is_built_from_the_snapshot(qtbot: Any) -> None:
     fill_menu(menu, view, Recorder())
     assert entries(menu) == [
         "Models resident (disabled)",
-        "GPU 0: 5.5 / 12.0 GiB used, 3.0 GiB ours (disabled)",
+        "GPU 0: 5.5 GiB / 12.0 GiB used, 3.0 GiB ours (disabled)",
         "---",
         "[x] llama-8b: resident (3.0 GiB)",
         "[ ] qwen-14b: evicted (3.0 GiB)",
@@ -203,5 +203,27 @@ def test_render_is_throttled_while_only_the_tray_shows(
         ticks = app.worker.ticks - ticks_before
         assert ticks > 20  # the engine ticked every 20 ms ...
         assert app.renders <= 6  # ... but the view was rebuilt only on state changes and once a second
+    finally:
+        app.shutdown()
+
+
+def test_manage_it_on_a_found_app_saves_the_entry_and_applies_it(
+    qtbot: Any, sim_runtime: Any, scenario_clock: Any, tmp_path: Path
+) -> None:
+    from app.core import events as ev
+
+    path = tmp_path / "config.toml"
+    app, stepped = make_app(qtbot, sim_runtime, scenario_clock, path)
+    try:
+        app.start()
+        qtbot.waitUntil(lambda: app.snapshot is not None, timeout=3000)
+        found = ev.AppFound(
+            at=0, server_kind="comfyui", display_name="ComfyUI", url="http://127.0.0.1:8188", port=8188
+        )
+        app.on_notification_action("manage_app:comfyui http://127.0.0.1:8188", found)
+        assert 'kind = "comfyui"' in path.read_text() and "#" in path.read_text()  # comments kept
+        qtbot.waitUntil(
+            lambda: [s.kind for s in stepped.steward.settings.servers] == ["comfyui"], timeout=3000
+        )
     finally:
         app.shutdown()

@@ -54,6 +54,7 @@ from app.core.policy.contention import (
 from app.core.policy.signals import GameSignal, GameSignalSource, game_key
 from app.core.residency.ledger import Ledgers
 from app.core.settings import Settings
+from app.core.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class Steward:
         audit: AuditLog | None = None,
         autoload: bool = True,
         game_peaks: GamePeaks | None = None,
+        new_holders: Callable[[Settings], Sequence[Holder]] | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -165,6 +167,7 @@ class Steward:
         self._backend_state: BackendState | None = None
         self._lost: set[int] = set()
         self._hold: str | None = None  # what the holders were last told (Decision.hold)
+        self._new_holders = new_holders
         self.game_peaks = game_peaks if game_peaks is not None else GamePeaks(None)
         self._learned = self.game_peaks.load()  # what each game needed last time (read again at its start)
         self._run_peaks: dict[str, tuple[str, int]] = {}  # game key -> (name, peak bytes) of this run
@@ -234,6 +237,8 @@ class Steward:
             self.signals.update_settings(settings)
         for holder in self.holders:
             holder.update_settings(settings)
+        if self._new_holders is not None:  # entries added while running get their holders now
+            self.holders.extend(self._new_holders(settings))
         changed = tuple(
             f.name
             for f in dataclasses.fields(settings)
@@ -344,7 +349,7 @@ class Steward:
             games=tuple(games),
             recent_events=tuple(self._recent),
             roles={key: str(role) for key, role in classification.roles.items()},
-            notes=tuple(classification.notes),
+            notes=tuple(classification.notes) + self._settings_notes(telemetry),
             paused=decision.state == EngineState.PAUSED,
             resume_at=decision.resume_at,
             next_poll_s=decision.next_poll_s,
@@ -718,6 +723,16 @@ class Steward:
             now = self.clock()
             out_for = now - self._out_since.pop(action.gpu, now)
             self._emit(ev.Resumed(at=now, gpu=action.gpu, models=tuple(started), after_s=out_for))
+
+    def _settings_notes(self, telemetry: TelemetrySnapshot) -> tuple[str, ...]:
+        """Settings that cannot work on this machine, said where people look (status, dashboard)."""
+        reserved = self.settings.reserved_system_vram
+        return tuple(
+            f"reserved_system_vram ({format_bytes(reserved)}) is as large as GPU {g.index} "
+            f"({format_bytes(g.total_bytes)}): no model can ever load there; lower it in the settings"
+            for g in telemetry.gpus
+            if g.state == GpuState.OK and g.total_bytes and reserved >= g.total_bytes
+        )
 
     def _note_game_usage(self, telemetry: TelemetrySnapshot, games: Sequence[GameSignal]) -> None:
         for game in games:

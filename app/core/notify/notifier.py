@@ -33,6 +33,7 @@ from app.core.notify.text import (
     ACTION_RESUME,
     ACTION_SHOW,
     IGNORE_APP_PREFIX,
+    MANAGE_APP_PREFIX,
     NotificationText,
     Urgency,
     merge_burst,
@@ -506,6 +507,8 @@ def attach_notifications(runtime: Runtime) -> NotificationRouter | None:
             router.apply_settings(new)
             steward.submit(ApplySettings(new))  # applied on the engine thread, through its one door
             logger.info("%s will be ignored from now on (rule saved in %s)", name, new.source)
+        elif key.startswith(MANAGE_APP_PREFIX):
+            manage_found_app(runtime, key[len(MANAGE_APP_PREFIX) :])
         elif key == ACTION_SHOW:
             logger.info("the daemon has no dashboard; run `vram-steward status` or start the tray app")
 
@@ -517,7 +520,26 @@ def attach_notifications(runtime: Runtime) -> NotificationRouter | None:
         coalesce_s=settings.notification_coalesce_secs,
     )
     steward.subscribe(router.handle)
+    if runtime.discovery is not None:  # apps found on its own thread, offered like any event
+        runtime.discovery.subscribe(lambda app: router.handle(app.event(at=steward.clock())))
     return router
+
+
+def manage_found_app(runtime: Runtime, what: str) -> None:
+    """ "Manage it" on a discovered app ("<kind> <url>"): write its `[[servers]]` entry (comments kept) and
+    apply it: the engine makes the entry's holder at once."""
+    from app.core.config import add_server
+    from app.core.settings import ServerConfig
+
+    kind, _, url = what.partition(" ")
+    try:
+        new = add_server(runtime.settings.source, ServerConfig(kind=kind, url=url))
+    except (VramError, OSError) as exc:
+        logger.error("could not save the [[servers]] entry for %s at %s: %s", kind, url, exc)
+        return
+    runtime.settings = new
+    runtime.steward.submit(ApplySettings(new))
+    logger.info("%s at %s is saved in %s and managed from now on", kind, url, new.source)
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from app.core.gpu.backend import GpuBackend
 from app.core.servers.comfyui import ComfyUIHolder
+from app.core.servers.generic import CommandHolder, StopStartHolder, SystemdHolder
 from app.core.servers.holder import ServedModel, ServerHolder, ServerStatus
 from app.core.servers.invokeai import InvokeAIHolder
 from app.core.servers.koboldcpp import KoboldCppHolder
@@ -54,6 +55,8 @@ ADAPTERS: dict[str, tuple[type[ServerHolder], FindRunners]] = {
     "localai": (LocalAIHolder, localai_processes),
     "koboldcpp": (KoboldCppHolder, koboldcpp_processes),
 }
+# Kinds without an API, stopped and started (their processes follow from their own entry: no finder here).
+STOP_START: dict[str, type[StopStartHolder]] = {"command": CommandHolder, "systemd": SystemdHolder}
 
 
 def make_server_holder(
@@ -64,8 +67,11 @@ def make_server_holder(
     default_gpu: int = 0,
 ) -> ServerHolder:
     """The adapter for one `[[servers]]` entry. Raises ValueError naming the kind or URL that is wrong."""
+    if config.kind in STOP_START:
+        return STOP_START[config.kind](config, backend=backend, clock=clock, default_gpu=default_gpu)
     if config.kind not in ADAPTERS:
-        raise ValueError(f"[[servers]] kind = {config.kind!r}: expected one of {', '.join(ADAPTERS)}")
+        kinds = ", ".join([*ADAPTERS, *STOP_START])
+        raise ValueError(f"[[servers]] kind = {config.kind!r}: expected one of {kinds}")
     cls, find_runners = ADAPTERS[config.kind]
     return cls(config, backend=backend, find_runners=find_runners, clock=clock, default_gpu=default_gpu)
 
@@ -82,6 +88,7 @@ def make_server_holders(
 __all__ = [
     "ADAPTERS",
     "ComfyUIHolder",
+    "CommandHolder",
     "InvokeAIHolder",
     "KoboldCppHolder",
     "LlamaCppHolder",
@@ -94,6 +101,8 @@ __all__ = [
     "ServerHolder",
     "ServerStatus",
     "SglangHolder",
+    "StopStartHolder",
+    "SystemdHolder",
     "TextGenerationWebuiHolder",
     "VllmHolder",
     "WebUIHolder",

@@ -194,12 +194,7 @@ class ServerHolder(abc.ABC):
         run_in_background: BackgroundRunner | None = None,
     ) -> None:
         self.config = config
-        self.client = JsonHttpClient(
-            config.url,
-            timeout_s=timeout_s,
-            label=f"{self.display_name} at {config.url}",
-            bearer=config.api_key,
-        )
+        self.client = self._make_client(config, timeout_s)
         self._backend = backend
         self._find_runners = find_runners
         self._clock = clock
@@ -224,6 +219,19 @@ class ServerHolder(abc.ABC):
         self._free_epoch = 0  # moves when a free starts or ends: listings from before are stale
 
     # --- what adapters implement ----------------------------------------------------------------
+
+    def _make_client(self, config: ServerConfig, timeout_s: float) -> JsonHttpClient:
+        """The HTTP client for the server's API (a holder without one, generic.StopStartHolder, overrides)."""
+        return JsonHttpClient(
+            config.url,
+            timeout_s=timeout_s,
+            label=f"{self.display_name} at {config.url}",
+            bearer=config.api_key,
+        )
+
+    def describe_where(self) -> str:
+        """The holder for people, in messages: "ComfyUI at http://127.0.0.1:8188"."""
+        return f"{self.display_name} at {self.config.url}"
 
     @abc.abstractmethod
     def _list_models(self) -> list[ServedModel]:
@@ -389,7 +397,7 @@ class ServerHolder(abc.ABC):
         delay = self._backoff.failed()
         self._next_refresh_at = now + delay
         kind = "does not answer" if isinstance(exc, ServerUnreachable) else "answers, but not as its API does"
-        self._down_message = f"{self.display_name} at {self.config.url} {kind}: {exc.message}"
+        self._down_message = f"{self.describe_where()} {kind}: {exc.message}"
         if self._up is not False:
             self._down_since = now
             logger.warning("%s (next try in %.0f s)", self._down_message, delay)

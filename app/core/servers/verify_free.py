@@ -4,7 +4,7 @@ Model servers answer an unload before the memory is free (Ollama's `keep_alive: 
 scheduler lets go; the runner exits afterwards), and a game that starts allocating in that gap still fails.
 So eviction waits, polling the GPU backend, until the runner processes hold no more than they should, or a
 timeout passes; then it says what came back and what is still held and by whom:
-"freed 13.9 GB, 0.3 GB still held by llama-server (pid 4321)".
+"freed 13.0 GiB, 286.1 MiB still held by llama-server (pid 4321)".
 
 When NVML shows none of the runner processes (our app in a container or a Flatpak sees other PIDs than
 NVML reports), it falls back to watching the GPU's free memory grow by the expected amount.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from app.core.gpu.backend import GpuBackend
 from app.core.gpu.snapshot import BackendState, GpuState, TelemetrySnapshot
-from app.core.units import format_gb
+from app.core.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class FreeResult:
     def describe(self) -> str:
         if not self.verified:
             return "unloaded; VRAM could not be measured here"
-        text = f"freed {format_gb(self.freed_bytes)}"
+        text = f"freed {format_bytes(self.freed_bytes)}"
         if self.residue_bytes:
-            text += f", {format_gb(self.residue_bytes)} still held"
+            text += f", {format_bytes(self.residue_bytes)} still held"
             if self.residue_by:
                 text += f" by {self.residue_by}"
         return text
@@ -133,7 +133,7 @@ def wait_until_freed(
                         "after %.1f s, %s still hold %s that should have been freed",
                         waited,
                         now_held.describe_holders(),
-                        format_gb(residue),
+                        format_bytes(residue),
                     )
                 return FreeResult(
                     freed, residue, now_held.describe_holders() if residue else None, waited, True

@@ -79,11 +79,20 @@ def any_settings(draw: st.DrawFn) -> Settings:
     )
     servers = tuple(
         ServerConfig(
-            draw(st.sampled_from(SERVER_KINDS)),
+            draw(st.sampled_from([k for k in SERVER_KINDS if k not in ("command", "systemd", "freeze")])),
             draw(st.sampled_from(["http://127.0.0.1:11434", "https://gpu-box:8080/v1"])),
             draw(st.sampled_from(["5m", "-1", "0", "1h", "30s"])),
         )
         for _ in range(draw(st.integers(0, 2)))
+    ) + draw(
+        st.sampled_from(
+            [
+                (),
+                (ServerConfig("command", stop="docker stop 'my app'", start="docker start x", match="x"),),
+                (ServerConfig("systemd", unit="comfyui.service", user=False, timeout_s=12.5),),
+                (ServerConfig("freeze", name="ComfyUI", match="ComfyUI/main.py"),),
+            ]
+        )
     )
     return Settings(**values, models=tuple(models), app_rules=rules, servers=servers)
 

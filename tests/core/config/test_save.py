@@ -187,7 +187,8 @@ def test_ensure_default_config_writes_once(tmp_path: Path) -> None:
     path = tmp_path / "new" / "config.toml"
     assert ensure_default_config(path) is True
     assert path.read_text() == config.default_config_text()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # only this user reads the settings
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     path.write_text("auto_evict = false\n")
     assert ensure_default_config(path) is False
     assert path.read_text() == "auto_evict = false\n"

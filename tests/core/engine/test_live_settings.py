@@ -239,3 +239,33 @@ def test_always_ignore_applied_live_on_the_running_loop(tmp_path: Path, monkeypa
         assert steward.snapshot is not None and resident(steward.snapshot), steward.snapshot.reasons
     finally:
         runtime.stop()
+
+
+def test_a_server_or_app_added_while_running_gets_its_holder_at_once(world: Any) -> None:
+    """What the settings dialog and discovery's "Manage it" rely on: no restart needed."""
+    from app.core.freeze.holder import FreezeHolder
+    from app.core.wiring import ManagedHolders
+
+    steward, sim, clock = world
+    managed = ManagedHolders(sim, steward.ledgers, clock)
+    steward._new_holders = managed.new_holders  # as build_runtime wires it
+    run_for(steward, clock, 1.0)
+    servers = (
+        ServerConfig(kind="ollama", url="http://127.0.0.1:9"),
+        ServerConfig(kind="freeze", name="ComfyUI", match="ComfyUI/main.py"),
+    )
+    apply(steward, dataclasses.replace(steward.settings, servers=servers))
+    kinds = [type(h).__name__ for h in steward.holders]
+    assert kinds == ["SimulatedHolder", "OllamaHolder", "FreezeHolder"]
+    freezer = steward.holders[-1]
+    assert isinstance(freezer, FreezeHolder) and freezer.role == "managed"
+    apply(steward, dataclasses.replace(steward.settings, poll_interval_secs=0.2))  # the same entries again
+    assert len(steward.holders) == 3, "an entry gets one holder, not one per settings change"
+
+
+def test_a_reserve_larger_than_the_gpu_is_said_in_the_status(world: Any) -> None:
+    steward, _sim, clock = world
+    apply(steward, dataclasses.replace(steward.settings, reserved_system_vram=64 * GiB))
+    snapshot = run_for(steward, clock, 1.0)
+    assert any("reserved_system_vram (64.0 GiB) is as large as GPU 0" in n for n in snapshot.notes)
+    assert any("reserved_system_vram" in n for n in snapshot.to_status()["notes"])

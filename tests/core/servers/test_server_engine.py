@@ -17,8 +17,9 @@ from app.core.engine.steward import Steward
 from app.core.events import Event
 from app.core.policy.contention import Command
 from app.core.servers.ollama import OllamaHolder
+from app.core.signals.scenario import ScenarioSignals
 from app.core.units import GiB
-from app.core.wiring import ScenarioSignals, build_runtime
+from app.core.wiring import build_runtime
 from tests.fixtures.servers.ollama_standin import OllamaStandIn, PulledModel
 from tests.fixtures.servers.world import DESKTOP_12GIB, ServerWorld, kinds
 

@@ -39,7 +39,7 @@ def test_waits_until_the_memory_is_back_and_says_how_much(world: ServerWorld) ->
     )
     assert result.complete and result.freed_bytes == 6 * GiB and result.residue_bytes == 0
     assert result.waited_s == pytest.approx(0.8, abs=0.11)
-    assert result.describe() == "freed 6.4 GB"
+    assert result.describe() == "freed 6.0 GiB"
 
 
 def test_a_residue_is_reported_with_the_process_that_keeps_it(world: ServerWorld) -> None:
@@ -58,7 +58,7 @@ def test_a_residue_is_reported_with_the_process_that_keeps_it(world: ServerWorld
     assert not result.complete
     assert result.waited_s == pytest.approx(2.0, abs=0.11)
     assert result.residue_bytes == 300 * MiB
-    assert result.describe() == f"freed 6.1 GB, 0.3 GB still held by llama-server (pid {RUNNER})"
+    assert result.describe() == f"freed 5.7 GiB, 300.0 MiB still held by llama-server (pid {RUNNER})"
 
 
 def test_when_nvml_lists_other_pids_free_memory_tells(world: ServerWorld) -> None:
