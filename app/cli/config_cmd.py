@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return _check(path, explicit)
     if action == "show":
         try:
-            settings = config.load_settings(path if explicit else None, check_files=False)
+            settings = config.load_settings(path if explicit else None, check_files=False, migrate=False)
         except ConfigError as exc:
             _print_problems(exc)
             return 1

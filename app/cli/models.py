@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from app.core.units import format_bytes, format_rate, format_usage
+
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("list", "load", "unload", "verify")
@@ -69,7 +71,7 @@ def send_to_running_instance(args: argparse.Namespace, *, out: TextIO | None = N
                 out.write(json.dumps(models, indent=2) + "\n")
             else:
                 for m in models:
-                    size = "?" if m.get("size_bytes") is None else f"{m['size_bytes'] / 1e9:.1f} GB"
+                    size = "?" if m.get("size_bytes") is None else format_bytes(int(m["size_bytes"]))
                     out.write(f"{m['name']:<32} {m['state']:<10} GPU {m['gpu']}  {size}\n")
             return 0
         if args.action == "unload":
@@ -101,7 +103,7 @@ def _follow_load(client: Any, name: str, out: TextIO, *, timeout_s: float = 3600
         elif model["state"] == "resident":
             bar.finish()
             rate = model.get("load_bytes_per_s")
-            extra = f" at {rate / 1e9:.1f} GB/s" if rate else ""
+            extra = f" at {format_rate(float(rate))}" if rate else ""
             out.write(f"{name} is resident on GPU {model['gpu']}{extra} (held by the running instance)\n")
             return 0
         elif model["state"] in ("failed", "evicted", "unloaded"):
@@ -119,7 +121,8 @@ def run_in_process(args: argparse.Namespace, *, out: TextIO | None = None) -> in
     from app.core.errors import VramError
 
     out = out or sys.stdout
-    settings = load_settings_or_exit(args, check_files=False)
+    # reading is not a reason to rewrite the file: only `models list` reads alone, the rest act anyway
+    settings = load_settings_or_exit(args, check_files=False, migrate=args.action != "list")
     if args.action == "list":
         return _list(settings, out, as_json=args.json)
     model = settings.model(args.name)
@@ -144,7 +147,6 @@ def run_in_process(args: argparse.Namespace, *, out: TextIO | None = None) -> in
 def _list(settings: Any, out: TextIO, *, as_json: bool) -> int:
     from app.core import paths
     from app.core.residency.digest import ManifestStore
-    from app.core.units import format_bytes
 
     store = ManifestStore(paths.state_dir() / "manifests")
     rows = []
@@ -236,17 +238,14 @@ class _Session:
         return cls(manager, backend, observe, simulate is not None)
 
     def run(self, action: str, name: str, out: TextIO) -> int:
-        from app.core.units import format_bytes
-
         self.observe()
         bar = ProgressBar(out, label=name)
         sealed = self.manager.load_blocking(name, progress=bar.update, timeout_s=None)
         bar.finish()
         if sealed is not None:
-            rate = sealed.bytes_per_s / 1e9
             out.write(
                 f"Sealed {name} on GPU {sealed.gpu}: {format_bytes(sealed.bytes)} in {sealed.seconds:.2f} s "
-                f"({rate:.2f} GB/s), digest {sealed.digest[:16]}…\n"
+                f"({format_rate(sealed.bytes_per_s)}), digest {sealed.digest[:16]}…\n"
                 f"  file changed since the last seal: {'yes' if sealed.file_changed else 'no'}\n"
             )
         if action == "verify":
@@ -274,7 +273,7 @@ class _Session:
 
 
 class ProgressBar:
-    """A text progress bar (bytes, GB/s, ETA) on a terminal; a few plain lines otherwise."""
+    """A text progress bar (bytes, GiB/s, ETA) on a terminal; a few plain lines otherwise."""
 
     def __init__(self, out: TextIO, *, label: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._out = out
@@ -304,7 +303,7 @@ class ProgressBar:
         eta_text = f"{eta:.1f} s" if eta != float("inf") else "?"
         return (
             f"{self._label} [{'#' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}% "
-            f"{done / 1e9:.2f}/{total / 1e9:.2f} GB {rate / 1e9:.2f} GB/s ETA {eta_text}"
+            f"{format_usage(done, total)} {format_rate(rate)} ETA {eta_text}"
         )
 
     def finish(self) -> None:

@@ -217,12 +217,23 @@ class ConfigError(VramError):
         self.expected = expected
         self.line = line
         where = f"{path}:{line}" if line is not None else path
-        shown = "(missing)" if value is _MISSING else repr(value)
+        shown = "(missing)" if value is _MISSING else _shown(value)
         super().__init__(
             message=f"{where}: {key} = {shown}: expected {expected}",
             details={"path": path, "key": key, "value": shown, "expected": expected, "line": line},
             suggestions=[f"Edit {path} and fix {key}, then run `vram-steward config check`"],
         )
+
+
+SHOWN_CHARS = 80
+
+
+def _shown(value: object) -> str:
+    """The value as the message shows it, cut when huge (a pasted file must not fill the terminal)."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text)} characters)"
 
 
 class _Missing:

@@ -63,7 +63,10 @@ def parse_size(value: object) -> int:
 
 
 def format_bytes(n: int | None, *, binary: bool = True) -> str:
-    """Format a byte count for people: 1.5 GiB, 512 MiB, 0 B. None means "not available" (N/A)."""
+    """Format a byte count for people: "1.5 GiB", "512.0 MiB", "0 B"; None means "not available" (N/A).
+
+    This is the one way sizes are written for people (events, notifications, CLI, tray and dashboard):
+    binary units, as nvidia-smi uses (its "MiB" is 1024 * 1024 bytes), one decimal."""
     if n is None:
         return "N/A"
     sign = "-" if n < 0 else ""
@@ -80,8 +83,13 @@ def format_bytes(n: int | None, *, binary: bool = True) -> str:
     raise AssertionError("unreachable")
 
 
-def format_gb(n: int | None) -> str:
-    """Decimal gigabytes with one decimal, as notifications say it: "14.2 GB"."""
-    if n is None:
+def format_usage(used_bytes: int, total_bytes: int) -> str:
+    """Used of total, each as format_bytes says it, as nvidia-smi pairs them: "5.5 GiB / 12.0 GiB"."""
+    return f"{format_bytes(used_bytes)} / {format_bytes(total_bytes)}"
+
+
+def format_rate(bytes_per_s: float | None) -> str:
+    """A transfer rate in the same binary units: "3.7 GiB/s". None means "not available" (N/A)."""
+    if bytes_per_s is None:
         return "N/A"
-    return f"{n / 1e9:.1f} GB"
+    return f"{format_bytes(round(bytes_per_s))}/s"

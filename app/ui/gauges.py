@@ -8,12 +8,14 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from app.ui.presenter import GpuView, gib
+from app.core.units import format_bytes, format_usage
+from app.ui.presenter import GpuView
 
 PATTERNS = {
     "solid": Qt.BrushStyle.SolidPattern,
     "diagonal": Qt.BrushStyle.BDiagPattern,
     "cross": Qt.BrushStyle.DiagCrossPattern,
+    "dense": Qt.BrushStyle.Dense6Pattern,
     "none": Qt.BrushStyle.NoBrush,
 }
 
@@ -51,7 +53,9 @@ class VramGauge(QWidget):
         """The line under the bar: every part with its size."""
         if self._view is None:
             return ""
-        return "  ".join(f"{s.label} {gib(s.bytes)}" for s in self._view.segments) + " GiB"
+        return "  ".join(
+            f"{s.label} {format_bytes(s.bytes)}" for s in self._view.segments if s.bytes or s.key == "free"
+        )
 
     def view(self) -> GpuView | None:
         return self._view
@@ -73,8 +77,8 @@ class VramGauge(QWidget):
             return "No GPU data yet"
         if v.problem:
             return v.status_line
-        parts = ", ".join(f"{s.label} {gib(s.bytes)} GiB" for s in v.segments)
-        return f"GPU {v.index} {v.name}: {parts}; headroom {gib(v.headroom_bytes)} GiB"
+        parts = ", ".join(f"{s.label} {format_bytes(s.bytes)}" for s in v.segments)
+        return f"GPU {v.index} {v.name}: {parts}; headroom {format_bytes(v.headroom_bytes)}"
 
     def paintEvent(self, _event: object) -> None:
         painter = QPainter(self)
@@ -95,7 +99,7 @@ class VramGauge(QWidget):
             p.drawText(0, line, "No GPU data yet")
             return
         title = f"GPU {v.index} · {v.name}" if not self._compact else f"GPU {v.index}"
-        p.drawText(0, fm.ascent(), f"{title}: {gib(v.used_bytes)} / {gib(v.total_bytes)} GiB used")
+        p.drawText(0, fm.ascent(), f"{title}: {format_usage(v.used_bytes, v.total_bytes)} used")
         bar = QRectF(0.5, line + 3.5, self.width() - 1.0, self.BAR_HEIGHT)
         if v.problem:
             p.drawText(bar, Qt.AlignmentFlag.AlignVCenter, v.problem)
@@ -126,7 +130,7 @@ class VramGauge(QWidget):
         p.drawText(0, int(below), self.legend())
         if not self._compact:
             p.drawText(
-                0, int(below + line), f"┆ headroom {gib(v.headroom_bytes)} GiB kept free for the desktop"
+                0, int(below + line), f"┆ headroom {format_bytes(v.headroom_bytes)} kept free for the desktop"
             )
 
     @staticmethod

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState
 from app.core.holders import ModelState, ModelStatus
 from app.core.settings import Settings
-from app.core.units import GiB, format_bytes
+from app.core.units import format_bytes, format_rate, format_usage
 
 if TYPE_CHECKING:
     from app.core.engine.steward import StewardSnapshot
@@ -47,10 +47,13 @@ STATES: dict[str, StateInfo] = {
 UNKNOWN_STATE = StateInfo("error", "Unknown state", "#c62828")
 
 # Gauge segments: key -> (label, colour, pattern). Patterns map to Qt brush styles in gauges.py.
+# "reserved" is what the driver keeps for itself (NVML's reserved memory): neither used nor free, so the free
+# part is exactly the free VRAM that `status` and NVML report.
 SEGMENTS: dict[str, tuple[str, str, str]] = {
     "ours": ("ours", "#2e7d32", "solid"),
     "desktop": ("desktop", "#1565c0", "diagonal"),
     "games_other": ("games + other apps", "#c77700", "cross"),
+    "reserved": ("reserved by the driver", "#6b7280", "dense"),
     "free": ("free", "", "none"),  # empty colour: the palette's base colour
 }
 OUR_ROLES = frozenset({"self", "managed"})
@@ -58,7 +61,7 @@ OUR_ROLES = frozenset({"self", "managed"})
 
 @dataclass(frozen=True)
 class Segment:
-    key: str  # ours | desktop | games_other | free
+    key: str  # ours | desktop | games_other | reserved | free
     label: str
     bytes: int
     colour: str  # "#rrggbb", or "" for the palette's base colour
@@ -75,8 +78,8 @@ class GpuView:
     ours_bytes: int
     headroom_bytes: int
     segments: tuple[Segment, ...]
-    status_line: str  # the menu's line: "GPU 0: 6.1 / 12.0 GiB used, 3.2 GiB ours"
-    tooltip_line: str  # "GPU 0: 6.1 / 12.0 GiB used, 5.9 GiB free"
+    status_line: str  # the menu's line: "GPU 0: 6.1 GiB / 12.0 GiB used, 3.2 GiB ours"
+    tooltip_line: str  # "GPU 0: 6.1 GiB / 12.0 GiB used, 5.7 GiB free"
     problem: str | None = None  # a lost or failing GPU: what happened
 
 
@@ -90,7 +93,7 @@ class ModelView:
     checked: bool  # resident or loading
     size_text: str
     digest_short: str
-    load_text: str  # "2.1 s at 3.8 GB/s", or ""
+    load_text: str  # "2.1 s at 3.5 GiB/s", or ""
     progress_percent: int | None  # while loading
 
 
@@ -123,11 +126,6 @@ class ProcessRow:
     used_bytes: int | None
 
 
-def gib(n: int) -> str:
-    """Bytes as GiB with one decimal and no unit: 6.1."""
-    return f"{n / GiB:.1f}"
-
-
 def state_info(state: str) -> StateInfo:
     return STATES.get(state, UNKNOWN_STATE)
 
@@ -141,7 +139,10 @@ def icon_for(state: str, models: Iterable[ModelStatus]) -> str:
 
 
 def gpu_view(gpu: GpuSnapshot, roles: Mapping[tuple[int, int], str], settings: Settings) -> GpuView:
-    """Split one GPU's used VRAM into ours / desktop / games and other apps; the rest is free."""
+    """Split one GPU's VRAM into ours / desktop / games and other apps / reserved by the driver / free.
+
+    Free is the GPU's free_bytes as NVML reports it (and `status` prints it); what is neither used nor free
+    is the driver's reserve, shown apart rather than counted as free."""
     ours = desktop = 0
     for process in gpu.processes:
         role = roles.get((gpu.index, process.pid), "other")
@@ -153,12 +154,13 @@ def gpu_view(gpu: GpuSnapshot, roles: Mapping[tuple[int, int], str], settings: S
     ours = min(ours, gpu.used_bytes)
     desktop = min(desktop, gpu.used_bytes - ours)
     games_other = max(gpu.used_bytes - ours - desktop, 0)
-    free = max(gpu.total_bytes - ours - desktop - games_other, 0)
-    sizes = {"ours": ours, "desktop": desktop, "games_other": games_other, "free": free}
+    free = min(max(gpu.free_bytes, 0), max(gpu.total_bytes - gpu.used_bytes, 0))
+    reserved = max(gpu.total_bytes - gpu.used_bytes - free, 0)
+    sizes = {"ours": ours, "desktop": desktop, "games_other": games_other, "reserved": reserved, "free": free}
     segments = tuple(
         Segment(key, label, sizes[key], colour, pattern) for key, (label, colour, pattern) in SEGMENTS.items()
     )
-    used_total = f"{gib(gpu.used_bytes)} / {gib(gpu.total_bytes)} GiB used"
+    used_total = f"{format_usage(gpu.used_bytes, gpu.total_bytes)} used"
     problem = None
     if gpu.state != GpuState.OK:
         problem = gpu.message or f"GPU {gpu.index} is {gpu.state}"
@@ -174,12 +176,12 @@ def gpu_view(gpu: GpuSnapshot, roles: Mapping[tuple[int, int], str], settings: S
         status_line=(
             f"GPU {gpu.index}: {problem}"
             if problem
-            else f"GPU {gpu.index}: {used_total}, {gib(ours)} GiB ours"
+            else f"GPU {gpu.index}: {used_total}, {format_bytes(ours)} ours"
         ),
         tooltip_line=(
             f"GPU {gpu.index}: {problem}"
             if problem
-            else f"GPU {gpu.index}: {used_total}, {gib(gpu.free_bytes)} GiB free"
+            else f"GPU {gpu.index}: {used_total}, {format_bytes(gpu.free_bytes)} free"
         ),
         problem=problem,
     )
@@ -198,7 +200,7 @@ def model_view(model: ModelStatus) -> ModelView:
     if model.load_seconds is not None:
         load_text = f"{model.load_seconds:.1f} s"
         if model.load_bytes_per_s:
-            load_text += f" at {model.load_bytes_per_s / 1e9:.1f} GB/s"
+            load_text += f" at {format_rate(model.load_bytes_per_s)}"
     return ModelView(
         name=model.name,
         gpu=model.gpu,

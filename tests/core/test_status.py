@@ -172,7 +172,7 @@ def test_table_for_people() -> None:
     assert "GPU 0  NVIDIA GeForce RTX 3060" in lines
     bar_line = next(line for line in lines if line.strip().startswith("["))
     # 10.6 of 12 GiB used: 18 of 20 cells
-    assert bar_line.strip().startswith("[##################..] 10.6 / 12.0 GiB used, 1.2 GiB free")
+    assert bar_line.strip().startswith("[##################..] 10.6 GiB / 12.0 GiB used, 1.2 GiB free")
     assert "(71 °C, 98 % busy)" in bar_line
     game_row = next(line for line in lines if "Cyberpunk2077.exe" in line)
     assert game_row.split() == ["4242", "Cyberpunk2077.exe", "graphics", "10.0", "GiB", "game"]

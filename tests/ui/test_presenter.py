@@ -20,9 +20,11 @@ ALL_ICONS = set(STATE_ICONS)
 def test_gpu_status_line_and_tooltip_say_used_total_ours_and_free() -> None:
     view = present(snaps.snapshot("active"), SETTINGS)
     (gpu,) = view.gpus
-    # 3 GiB ours + 0.5 GiB desktop + 2 GiB game = 5.5 GiB of 12
-    assert gpu.status_line == "GPU 0: 5.5 / 12.0 GiB used, 3.0 GiB ours"
-    assert gpu.tooltip_line == "GPU 0: 5.5 / 12.0 GiB used, 6.5 GiB free"
+    # 3 GiB ours + 0.5 GiB desktop + 2 GiB game = 5.5 GiB of 12; the driver reserves 256 MiB, so NVML says
+    # 12 GiB - 256 MiB - 5.5 GiB = 6.25 GiB free, and so does the tooltip (not 6.5: reserved is not free)
+    assert gpu.status_line == "GPU 0: 5.5 GiB / 12.0 GiB used, 3.0 GiB ours"
+    assert gpu.tooltip_line == "GPU 0: 5.5 GiB / 12.0 GiB used, 6.2 GiB free"
+    assert gpu.free_bytes == 12 * GiB - 256 * MiB - 5632 * MiB
     assert view.tooltip.splitlines() == ["VRAM Steward: Models resident", gpu.tooltip_line]
 
 
@@ -33,12 +35,20 @@ def test_gauge_segments_split_used_vram_by_role_and_add_up_to_total() -> None:
         "ours": 3 * GiB,
         "desktop": 512 * MiB,
         "games_other": 2 * GiB,
-        "free": 12 * GiB - 5632 * MiB,
+        "reserved": 256 * MiB,  # the driver's: neither used nor free
+        "free": 12 * GiB - 256 * MiB - 5632 * MiB,  # exactly NVML's free_bytes
     }
+    assert sizes["free"] == gpu.free_bytes
     assert sum(sizes.values()) == gpu.total_bytes
     # every segment is told apart by pattern and label too, not by colour alone
-    assert len({s.pattern for s in gpu.segments}) == 4
-    assert [s.label for s in gpu.segments] == ["ours", "desktop", "games + other apps", "free"]
+    assert len({s.pattern for s in gpu.segments}) == 5
+    assert [s.label for s in gpu.segments] == [
+        "ours",
+        "desktop",
+        "games + other apps",
+        "reserved by the driver",
+        "free",
+    ]
     assert gpu.headroom_bytes == max(2 * GiB, int(12 * GiB * 0.10))
 
 
@@ -115,7 +125,7 @@ def test_model_entries_toggle_between_load_and_unload() -> None:
     assert view.models[2].progress_percent == 25
     assert view.models[0].progress_percent is None
     assert view.models[0].digest_short == "9f86d081884c"
-    assert view.models[0].load_text == "0.8 s at 4.0 GB/s"
+    assert view.models[0].load_text == "0.8 s at 3.7 GiB/s"  # 4.0e9 bytes/s
     assert view.evict_enabled is True
 
 

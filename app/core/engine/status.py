@@ -15,7 +15,7 @@ from app.core.events import Event
 from app.core.gpu.snapshot import GpuSnapshot, GpuState, TelemetrySnapshot
 from app.core.holders import ModelStatus
 from app.core.settings import Settings
-from app.core.units import GiB, format_bytes
+from app.core.units import format_bytes, format_usage
 
 SCHEMA_VERSION = 1
 BAR_WIDTH = 20
@@ -148,7 +148,7 @@ def _gpu_lines(gpu: Mapping[str, Any]) -> list[str]:
         sensors.append(f"{gpu['utilization_percent']} % busy")
     lines = [
         title,
-        f"  {usage_bar(used, total)} {used / GiB:.1f} / {total / GiB:.1f} GiB used, "
+        f"  {usage_bar(used, total)} {format_usage(used, total)} used, "
         f"{format_bytes(gpu['free_bytes'])} free" + (f"  ({', '.join(sensors)})" if sensors else ""),
     ]
     if gpu.get("headroom_bytes") is not None:

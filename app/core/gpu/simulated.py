@@ -70,6 +70,18 @@ class SimulatedGameSignal:
         return self.started_at_s
 
 
+@dataclass(frozen=True)
+class SimulatedProcess:
+    """A foreign process of the scenario that is running at some instant: what a process-table walk would
+    find (the exclusive-app list is matched against these in simulation, as against /proc on a real
+    machine)."""
+
+    pid: int
+    name: str
+    gpu: int
+    started_at_s: float  # scenario seconds; 0 for the processes present from the start
+
+
 class FailedAllocation(NamedTuple):
     """A foreign process wanted more VRAM than the GPU could give it at scenario time `at`.
 
@@ -106,6 +118,7 @@ class _Process:
     order: int  # when it appeared: earlier processes get memory first
     used_bytes: int
     ramp: tuple[float, int, int, float] | None = None  # (start_s, from_bytes, to_bytes, duration_s)
+    started_at_s: float = 0.0
 
     def wanted_bytes(self, at_s: float) -> int:
         if self.ramp is None:
@@ -170,11 +183,12 @@ class SimulatedBackend:
     def sample(self) -> TelemetrySnapshot:
         return self.sample_at(self._clock())
 
-    def sample_at(self, at_s: float) -> TelemetrySnapshot:
-        """The snapshot at scenario second `at_s`, whatever the clock says (`status --at`)."""
+    def sample_at(self, at_s: float, *, record: bool = True) -> TelemetrySnapshot:
+        """The snapshot at scenario second `at_s`, whatever the clock says (`status --at`). `record=False`
+        looks without adding to `failed_allocations` (a replay reporting the outcome of a tick)."""
         world = self._world_at(at_s)
         with self._lock:
-            gpus = tuple(self._gpu_snapshot(g, world, at_s, record=True) for g in self.scenario.gpus)
+            gpus = tuple(self._gpu_snapshot(g, world, at_s, record=record) for g in self.scenario.gpus)
         return TelemetrySnapshot(
             backend=self.name,
             state=BackendState.SIMULATED,
@@ -220,6 +234,14 @@ class SimulatedBackend:
                 assert gpu is not None  # the parser checked it
                 events.append(GpuLost(at=e.at_s, gpu=e.gpu, message=e.message or _lost_message(gpu)))
         return tuple(events)
+
+    def processes(self, at: float | None = None) -> tuple[SimulatedProcess, ...]:
+        """The scenario's foreign processes running at `at` (default now), in the order they appeared."""
+        world = self._world_at(self._clock() if at is None else at)
+        return tuple(
+            SimulatedProcess(pid=p.pid, name=p.name, gpu=p.gpu, started_at_s=p.started_at_s)
+            for p in sorted(world.processes.values(), key=lambda p: p.order)
+        )
 
     # --- our allocations ---------------------------------------------------------------------------
 
@@ -284,6 +306,21 @@ class SimulatedBackend:
         wanted, got = granted[pid]
         return got < wanted
 
+    def shortfalls(self, at: float | None = None) -> tuple[FailedAllocation, ...]:
+        """The foreign processes that want more VRAM than they can get at `at` (default now): what a
+        `failed_allocations` entry would say, without recording anything."""
+        at_s = self._clock() if at is None else at
+        world = self._world_at(at_s)
+        short: list[FailedAllocation] = []
+        with self._lock:
+            for gpu in self.scenario.gpus:
+                if world.gpus[gpu.index].lost:
+                    continue
+                for pid, (wanted, got) in self._grant(gpu, world, at_s).items():
+                    if got < wanted:
+                        short.append(FailedAllocation(at_s, gpu.index, pid, wanted, got))
+        return tuple(short)
+
     # --- internals ---------------------------------------------------------------------------------
 
     def _existing_gpu(self, gpu: int, world: _World) -> ScenarioGpu:
@@ -315,6 +352,7 @@ class SimulatedBackend:
                     kind=e.kind or ProcessKind.COMPUTE,
                     order=order,
                     used_bytes=e.used_bytes or 0,
+                    started_at_s=e.at_s,
                 )
                 order += 1
             elif e.event == "process_resize" and e.pid is not None and e.to_bytes is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.core import events as ev
-from app.core.units import format_gb
+from app.core.units import format_bytes, format_rate
 
 
 def _models(models: tuple[str, ...]) -> str:
@@ -11,9 +11,9 @@ def _models(models: tuple[str, ...]) -> str:
 
 
 def describe(event: ev.Event) -> str:
-    """One line that says what happened, with numbers: "Cyberpunk 2077 started: freed 14.2 GB (2 models)"."""
+    """One line that says what happened, with numbers: "Cyberpunk 2077 started: freed 13.2 GiB (2 models)"."""
     if isinstance(event, ev.ModelsEvicted):
-        freed = f"freed {format_gb(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
+        freed = f"freed {format_bytes(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
         why = {
             "game": f"{event.trigger} started",
             "pressure": f"{event.trigger} needs VRAM",
@@ -31,21 +31,21 @@ def describe(event: ev.Event) -> str:
     if isinstance(event, ev.LoadRefused):
         if event.need_bytes is not None and event.available_bytes is not None:
             return (
-                f"Could not load {event.model}: need {format_gb(event.need_bytes)}, "
-                f"{format_gb(max(event.available_bytes, 0))} free ({event.reason})"
+                f"Could not load {event.model}: need {format_bytes(event.need_bytes)}, "
+                f"{format_bytes(max(event.available_bytes, 0))} free ({event.reason})"
             )
         return f"Could not load {event.model}: {event.reason}"
     if isinstance(event, ev.VramSealed):
         return (
-            f"{event.model} loaded on GPU {event.gpu}: {format_gb(event.bytes)} in {event.seconds:.1f} s "
-            f"({event.bytes_per_s / 1e9:.1f} GB/s)"
+            f"{event.model} loaded on GPU {event.gpu}: {format_bytes(event.bytes)} in {event.seconds:.1f} s "
+            f"({format_rate(event.bytes_per_s)})"
             + (" (file changed since last load)" if event.file_changed else "")
         )
     if isinstance(event, ev.VramAllocated):
-        return f"{event.model} resident on GPU {event.gpu} ({format_gb(event.bytes)})"
+        return f"{event.model} resident on GPU {event.gpu} ({format_bytes(event.bytes)})"
     if isinstance(event, ev.VramDeallocated):
-        residue = f", {format_gb(event.residue_bytes)} still held" if event.residue_bytes else ""
-        return f"{event.model} freed from GPU {event.gpu} ({format_gb(event.bytes)}{residue})"
+        residue = f", {format_bytes(event.residue_bytes)} still held" if event.residue_bytes else ""
+        return f"{event.model} freed from GPU {event.gpu} ({format_bytes(event.bytes)}{residue})"
     if isinstance(event, ev.VramAllocationFailed):
         return f"Loading {event.model} failed: {event.message or event.reason}"
     if isinstance(event, ev.GameStarted):

@@ -23,6 +23,7 @@ SHIPPED = [
     "browser-growth",
     "dedicated-server",
     "desktop-idle",
+    "exclusive-app",
     "flapping-process",
     "game-launch",
     "gpu-lost",

@@ -68,7 +68,7 @@ def test_a_game_eviction_arrives_at_dunst_with_its_words(
     assert shown(desktop, "qwen-14b") == [
         {
             "appname": "VRAM Steward",
-            "summary": "Cyberpunk 2077 started: freed 14.2 GB (2 models)",
+            "summary": "Cyberpunk 2077 started: freed 13.2 GiB (2 models)",
             "body": "llama-8b, qwen-14b left GPU 0. They come back when the game ends.",
         }
     ]
@@ -124,8 +124,8 @@ def test_ten_events_in_one_second_reach_dunst_as_two_notifications(
     assert router.wait_idle(5)
     summaries = [n["summary"] for n in shown(desktop, "burst-")]
     assert summaries == [
-        "Could not load burst-0: need 4.0 GB, 0.0 GB free",
-        "Could not load burst-9: need 4.0 GB, 0.0 GB free (and 8 more)",
+        "Could not load burst-0: need 3.7 GiB, 0 B free",
+        "Could not load burst-9: need 3.7 GiB, 0 B free (and 8 more)",
     ]
 
 
@@ -153,14 +153,16 @@ def test_the_daemon_notifies_when_the_scenario_game_starts_and_resume_now_reache
             runtime.steward.tick()
             clock.advance(0.1)
             router.wait_idle(5)
-        assert [d.text.title for d in router.deliveries] == ["Cyberpunk 2077 started: freed 8.6 GB (1 model)"]
+        assert [d.text.title for d in router.deliveries] == [
+            "Cyberpunk 2077 started: freed 8.0 GiB (1 model)"
+        ]
         assert router.deliveries[0].backend == "desktop"
         assert wait_until(lambda: desktop.dunst.displayed() >= 1, 5)
         desktop.dunst.press("#Resume now (Cyberpunk 2077 started")
         assert wait_until(lambda: bool(submitted), 5)
         assert submitted == [Command(kind="resume", gpu=0)]
         assert (
-            shown(desktop, "freed 8.6 GB")[0]["summary"] == "Cyberpunk 2077 started: freed 8.6 GB (1 model)"
+            shown(desktop, "freed 8.0 GiB")[0]["summary"] == "Cyberpunk 2077 started: freed 8.0 GiB (1 model)"
         )
     finally:
         router.close()

@@ -59,14 +59,14 @@ def test_ten_events_in_one_second_make_two_notifications_the_second_saying_how_m
         router.handle(refused(i))
         clock.advance(0.1)
     assert router.wait_idle(5)
-    assert [t.title for t in shown.sent] == ["Could not load model-0: need 8.0 GB, 1.0 GB free"]
+    assert [t.title for t in shown.sent] == ["Could not load model-0: need 7.5 GiB, 953.7 MiB free"]
     clock.advance(8.9)  # 9.9 s after the first: the window is still open
     assert router.flush_due() == 0
     clock.advance(0.2)
     assert router.flush_due() == 1
     assert router.wait_idle(5)
     assert len(shown.sent) == 2
-    assert shown.sent[1].title == "Could not load model-9: need 8.0 GB, 1.0 GB free (and 8 more)"
+    assert shown.sent[1].title == "Could not load model-9: need 7.5 GiB, 953.7 MiB free (and 8 more)"
     assert shown.sent[1].burst_size == 9
     router.close()
 
@@ -175,7 +175,7 @@ def test_a_hung_backend_times_out_falls_back_to_the_log_and_is_skipped_for_a_whi
     took = time.monotonic() - start
     assert 0.25 <= took < 1.5, took
     assert "the desktop notifier did not answer within 0.3 s; skipping it for 60 s" in caplog.text
-    assert "notification: Cyberpunk 2077 started: freed 1.0 GB (1 model)" in caplog.text
+    assert "notification: Cyberpunk 2077 started: freed 953.7 MiB (1 model)" in caplog.text
     # while it rests, the next notification goes straight to the log
     start = time.monotonic()
     router.handle(ev.Resumed(at=0, gpu=0, models=("m",), after_s=1))

@@ -72,7 +72,7 @@ def test_notification_buttons_reach_the_engine_the_dashboard_and_the_settings(
         delivery = notifications.router.deliveries[0]
         assert (delivery.backend, delivery.text.title) == (
             "log",
-            "Cyberpunk 2077 started: freed 8.6 GB (1 model)",
+            "Cyberpunk 2077 started: freed 8.0 GiB (1 model)",  # 8.6e9 bytes
         )
         assert [a.key for a in delivery.text.actions] == ["resume", "ignore_app:Cyberpunk 2077", "show"]
 

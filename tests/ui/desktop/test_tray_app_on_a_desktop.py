@@ -124,8 +124,8 @@ def test_tray_menu_notification_action_and_quit_on_a_real_desktop(
         item = panel.wait_for_item(timeout_s=20)
 
         # The tooltip: state and VRAM used / free per GPU, once the model is resident.
-        tooltip = panel.wait_for_tooltip(item, lambda t: "Models resident" in t and "8.2 / 12.0" in t)
-        assert "GPU 0: 8.2 / 12.0 GiB used, 3.6 GiB free" in tooltip, tooltip
+        tooltip = panel.wait_for_tooltip(item, lambda t: "Models resident" in t and "8.2 GiB / 12.0 GiB" in t)
+        assert "GPU 0: 8.2 GiB / 12.0 GiB used, 3.6 GiB free" in tooltip, tooltip
         assert "Simulation: scenario" in tooltip
 
         # The menu, as it opens.
@@ -160,12 +160,12 @@ def test_tray_menu_notification_action_and_quit_on_a_real_desktop(
         # ... until the user presses the notification's "Resume now".
         desktop.dunst.press("Resume now")
         panel.wait_for_tooltip(
-            item, lambda t: "Models resident" in t and "8.2 / 12.0 GiB used" in t, timeout_s=10
+            item, lambda t: "Models resident" in t and "8.2 GiB / 12.0 GiB used" in t, timeout_s=10
         )
 
         shown = desktop.dunst.history()
         summaries = [n["summary"] for n in shown]
-        assert summaries[0] == "Cyberpunk 2077 started: freed 8.6 GB (1 model)", shown
+        assert summaries[0] == "Cyberpunk 2077 started: freed 8.0 GiB (1 model)", shown
         assert shown[0]["appname"] == "VRAM Steward"
         assert "llama-3.1-8b-instruct-q8_0 left GPU 0" in shown[0]["body"]
         assert "GPU free again: models reloaded" in summaries, shown
