@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest system-deps venv bench clean daemon bundle
+.PHONY: run test lint typecheck pytest system-deps venv bench clean daemon bundle audit
 
 run: $(STAMP)
 	$(PY) -m app
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Known vulnerabilities in the installed set (pip-audit; not part of `make test`: it needs the network).
+# Exit 1 on a finding; exit 0 with a NOTICE when the advisory database cannot be reached.
+audit: $(STAMP)
+	$(PY) tools/audit.py $(AUDIT_ARGS)
 
 bundle: $(STAMP)
 	PYTHON=$(PY) bash packaging/build.sh

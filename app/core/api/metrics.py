@@ -6,14 +6,17 @@ The names keep the design study's (`vram_allocation_failures_total{reason}`, `vr
 engine's latest immutable snapshot, the ledgers and the backend's counters, by one custom collector: between
 scrapes the metrics cost nothing. Only what happens once (an eviction, a seal) is counted as it happens, from
 the engine's events. A dedicated registry keeps Python's process metrics out, so a scrape shows ours only.
-Documented in docs/api.md ("Metrics").
+The per-model series are bounded: a model server may list tens of thousands of models, so each server
+(holder) gets at most MODEL_SERIES_PER_SERVER series, its largest models, and the rest are summed per GPU
+into one `model="(other)"` series. Documented in docs/api.md ("Metrics").
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -24,7 +27,7 @@ from app.core import events as ev
 from app.core.engine.steward import Steward
 from app.core.events import Event
 from app.core.gpu.snapshot import GpuState
-from app.core.holders import ModelState
+from app.core.holders import ModelState, ModelStatus
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,11 @@ EVICTION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 SEAL_BUCKETS_BYTES_PER_S = (1e8, 2.5e8, 5e8, 1e9, 2e9, 4e9, 8e9, 16e9, 32e9, 64e9)
 
 NOT_OTHER_ROLES = frozenset({"self", "managed"})
+
+# A server listing 40,000 models must not make 40,000 series (Prometheus' memory, every scrape's size): the
+# largest N of each server's models get their own series, the rest one summed series per GPU.
+MODEL_SERIES_PER_SERVER = 20
+OTHER_MODELS = "(other)"
 
 # name -> (type, labels, help): the documented metrics (docs/api.md); tests check that a scrape has each one.
 DOCUMENTED: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -65,7 +73,12 @@ DOCUMENTED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "gpu_memory_free_bytes": ("gauge", ("gpu",), "Free VRAM (nvidia-smi memory.free)"),
     "gpu_memory_total_bytes": ("gauge", ("gpu",), "Total VRAM (nvidia-smi memory.total)"),
     "nvml_query_errors_total": ("counter", (), "NVML queries that failed"),
-    "model_resident": ("gauge", ("model", "gpu"), "1 when the model is resident in VRAM, else 0"),
+    "model_resident": (
+        "gauge",
+        ("model", "gpu"),
+        f"1 when the model is resident in VRAM, else 0; model {OTHER_MODELS}: how many of the models beyond "
+        f"each server's largest {MODEL_SERIES_PER_SERVER} are resident",
+    ),
     "vram_reservations_outstanding_bytes": (
         "gauge",
         ("gpu",),
@@ -188,8 +201,37 @@ class _SnapshotCollector(Collector):
                 )
                 others = sum(1 for p in gpu.processes if roles.get((gpu.index, p.pid)) not in NOT_OTHER_ROLES)
                 families["gpu_other_processes_count"].add_metric(label, others)
-            for model in snapshot.models:
-                families["model_resident"].add_metric(
-                    [model.name, str(model.gpu)], 1 if model.state == ModelState.RESIDENT else 0
-                )
+            for model_name, gpu_label, value in model_series(snapshot.models):
+                families["model_resident"].add_metric([model_name, gpu_label], value)
         yield from families.values()
+
+
+def model_series(
+    models: Sequence[ModelStatus], per_server: int = MODEL_SERIES_PER_SERVER
+) -> list[tuple[str, str, int]]:
+    """(model, gpu, resident) for `model_resident`: each holder's `per_server` largest models (by size, an
+    unknown size counting as 0, then by name), in the holder's order; the others summed per GPU into one
+    OTHER_MODELS series (how many of them are resident), present whenever some model was left out."""
+    by_holder: dict[str, list[ModelStatus]] = {}
+    for model in models:
+        by_holder.setdefault(model.holder, []).append(model)
+    series: list[tuple[str, str, int]] = []
+    others: dict[int, int] = {}
+    for listed in by_holder.values():
+        kept = listed
+        if len(listed) > per_server:
+            largest = heapq.nsmallest(
+                per_server, range(len(listed)), key=lambda i: (-(listed[i].size_bytes or 0), listed[i].name)
+            )
+            chosen = set(largest)
+            kept = [m for i, m in enumerate(listed) if i in chosen]
+            for i, model in enumerate(listed):
+                if i not in chosen:
+                    others[model.gpu] = others.get(model.gpu, 0) + _resident(model)
+        series.extend((m.name, str(m.gpu), _resident(m)) for m in kept)
+    series.extend((OTHER_MODELS, str(gpu), count) for gpu, count in sorted(others.items()))
+    return series
+
+
+def _resident(model: ModelStatus) -> int:
+    return 1 if model.state == ModelState.RESIDENT else 0

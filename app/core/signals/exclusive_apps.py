@@ -1,6 +1,8 @@
 """The user's exclusive-app list (Settings.exclusive_apps), as BOINC does it: while a process with one of
 these executable names runs, it gets the GPU. Names match the process name or the basename of its
-executable, case-insensitively, with or without ".exe" ("blender", "resolve", "DaVinci Resolve")."""
+executable, case-insensitively, with or without ".exe" ("blender", "resolve", "DaVinci Resolve").
+Only this user's processes count: another user's `blender` (or any process they name so) must not evict our
+models. A process whose owner is unknown (a scenario's, in simulation) still matches."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ class ExclusiveApps(TableSignalSource):
         seen: set[tuple[int, float | None]] = set()
         own_pid = os.getpid()
         for proc in table.processes:
-            if proc.pid == own_pid:
+            if proc.pid == own_pid or not proc.owned_by_us():
                 continue
             entry = matching_entry(proc, self._wanted)
             if entry is None:
