@@ -36,7 +36,7 @@ from app.ui.timeline import TimelineHistory, TimelineWidget
 from app.ui.tray import TrayActions
 
 MAX_EVENTS = 200
-PROCESS_COLUMNS = ("Name", "PID", "GPU", "Role", "VRAM")
+PROCESS_COLUMNS = ("Name", "PID", "GPU", "Role", "VRAM", "Learned")
 MODEL_COLUMNS = ("Model", "GPU", "State", "Size", "Digest", "Last load", "Progress")
 
 
@@ -175,7 +175,7 @@ class Dashboard(QMainWindow):
     def _fill_processes(self, rows: list[ProcessRow]) -> None:
         self.processes.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            cells = (row.name, str(row.pid), str(row.gpu), row.role, row.vram_text)
+            cells = (row.name, str(row.pid), str(row.gpu), row.role, row.vram_text, row.learned_text)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if c in (1, 2, 4):

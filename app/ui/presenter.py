@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState
 from app.core.holders import ModelState, ModelStatus
+from app.core.policy.signals import game_key
 from app.core.settings import Settings
 from app.core.units import format_bytes, format_rate, format_usage
 
@@ -124,6 +125,7 @@ class ProcessRow:
     role: str
     vram_text: str
     used_bytes: int | None
+    learned_text: str = ""  # a game's peak VRAM learned from earlier runs (what we free for it next time)
 
 
 def state_info(state: str) -> StateInfo:
@@ -268,10 +270,15 @@ def starting_view(settings: Settings, *, notices: Iterable[str] = ()) -> TrayVie
 
 
 def process_rows(snapshot: StewardSnapshot) -> list[ProcessRow]:
-    """The dashboard's process table, largest VRAM first."""
+    """The dashboard's process table, largest VRAM first; a game's row shows what it needed last time."""
+    learned = {g.key: g.peak_bytes for g in snapshot.learned_games}
+    by_pid = {g.pid: game_key(g) for g in snapshot.games if g.pid is not None}
     rows = []
     for gpu in snapshot.telemetry.gpus:
         for p in gpu.processes:
+            exe = p.name.replace("\\", "/").rsplit("/", 1)[-1].lower().removesuffix(".exe")
+            key = by_pid.get(p.pid, exe)
+            peak = learned.get(key)
             rows.append(
                 ProcessRow(
                     gpu=gpu.index,
@@ -282,6 +289,7 @@ def process_rows(snapshot: StewardSnapshot) -> list[ProcessRow]:
                     if p.used_bytes is not None
                     else f"N/A ({p.used_unavailable_reason or 'not reported'})",
                     used_bytes=p.used_bytes,
+                    learned_text=f"needed {format_bytes(peak)} last time" if peak is not None else "",
                 )
             )
     rows.sort(key=lambda r: (r.gpu, -(r.used_bytes or 0), r.pid))

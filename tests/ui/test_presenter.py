@@ -172,3 +172,23 @@ def test_starting_view_before_the_first_snapshot() -> None:
     assert view.title == "Starting"
     assert view.evict_enabled is False
     assert view.tooltip == "VRAM Steward: Starting\nSimulation"
+
+
+def test_a_games_row_shows_what_it_needed_last_time() -> None:
+    import dataclasses
+
+    from app.core.engine.game_peaks import LearnedGame
+    from app.core.policy.signals import GameSignal
+    from app.ui.presenter import process_rows
+    from tests.fixtures.ui_snapshots import snapshot
+
+    snap = snapshot()
+    (game_row,) = [r for r in process_rows(snap) if r.role == "game"]
+    signal = GameSignal(
+        name="Cyberpunk 2077", source="steam", pid=game_row.pid, app_id="1091500", started_at=0
+    )
+    learned = (LearnedGame("steam:1091500", "Cyberpunk 2077", 10 * 2**30, 3, 0.0),)
+    snap = dataclasses.replace(snap, games=(signal,), learned_games=learned)
+    rows = process_rows(snap)
+    assert [r.learned_text for r in rows if r.pid == game_row.pid] == ["needed 10.0 GiB last time"]
+    assert all(r.learned_text == "" for r in rows if r.pid != game_row.pid)
