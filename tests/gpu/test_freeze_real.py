@@ -80,9 +80,8 @@ def nvml_used(pid: int) -> int:
 @pytest.fixture
 def driver() -> Any:
     pytest.importorskip("torch")
-    from app.core.freeze.driver import open_driver
-
     from app.core.freeze.api import FreezingUnavailable
+    from app.core.freeze.driver import open_driver
 
     try:
         return open_driver()
