@@ -216,7 +216,7 @@ class ServerHolder(abc.ABC):
         self._closed = False
         self._listing: concurrent.futures.Future[_Listing] | None = None
         self._freeing: list[tuple[concurrent.futures.Future[_FreeOutcome], dict[str, ModelState]]] = []
-        self._free_epoch = 0  # moves when a free starts or ends: listings from before are stale
+        self._epoch = 0  # moves when a free starts or ends or a load is answered: older listings are stale
 
     # --- what adapters implement ----------------------------------------------------------------
 
@@ -307,7 +307,7 @@ class ServerHolder(abc.ABC):
         self._collect_frees(events)
         self._collect_listing(events)
         if self._clock() >= self._next_refresh_at and self._listing is None:
-            epoch = self._free_epoch
+            epoch = self._epoch
             self._listing = self._submit(lambda: self._list_in_background(epoch))
             self._collect_listing(events)  # a runner that runs at once (tests) has finished already
         return events
@@ -384,7 +384,7 @@ class ServerHolder(abc.ABC):
             self._mark_down(now, listing.error or ServerBadAnswer("no listing"), events)
             return
         self._mark_up(now, events)
-        if listing.epoch != self._free_epoch or self._freeing:
+        if listing.epoch != self._epoch or self._freeing:
             # it started before a free ended, so it may list what is gone: ask again soon
             self._next_refresh_at = now + min(self._refresh_interval_s, 0.5)
             return
@@ -432,6 +432,7 @@ class ServerHolder(abc.ABC):
             exc = future.exception()
             if exc is None:
                 known.load_answered = True
+                self._epoch += 1  # a listing begun before this answer may not show the model yet
                 self._next_refresh_at = min(self._next_refresh_at, self._clock())  # show it resident soon
                 continue
             if isinstance(exc, ComesBackOnNextUse):
@@ -587,7 +588,7 @@ class ServerHolder(abc.ABC):
             )
             return _FreeOutcome(reason, new_state, tuple(unloaded), tuple(failed), result)
 
-        self._free_epoch += 1
+        self._epoch += 1
         self._freeing.append((self._submit(work), previous))
         self._collect_frees(events)  # a runner that runs at once (tests) has finished already
         return events
@@ -598,7 +599,7 @@ class ServerHolder(abc.ABC):
             if not future.done():
                 still.append((future, previous))
                 continue
-            self._free_epoch += 1
+            self._epoch += 1
             exc = future.exception()
             if exc is not None:  # a bug in the adapter: the models are as before, and say why
                 logger.error("%s: freeing failed unexpectedly: %r", self.name, exc)
