@@ -79,7 +79,7 @@ def test_startup_load_then_game_evicts_in_order(
         pass
     evicted = next(e for e in seen if isinstance(e, ev.ModelsEvicted))
     assert evicted.freed_bytes == 8 * 2**30
-    with qtbot.waitSignal(worker.snapshot, timeout=2000) as after:
+    with qtbot.waitSignal(worker.snapshot, timeout=10000) as after:
         pass
     assert after.args[0].state == "evicted_for_game"
     assert stepped.steward.backend.our_bytes(0) == 0
@@ -92,7 +92,7 @@ def test_commands_cross_to_the_engine_and_come_back_as_events(
     with qtbot.waitSignals(
         [worker.engine_event, worker.engine_event, worker.engine_event, worker.snapshot],
         order="strict",
-        timeout=3000,
+        timeout=10000,
         check_params_cbs=[
             kind_is("Paused", by="user"),  # the user's own command leaves a trace in the Events tab
             kind_is("VramDeallocated", model=MODEL, reason="pause"),
@@ -104,7 +104,7 @@ def test_commands_cross_to_the_engine_and_come_back_as_events(
     with qtbot.waitSignals(
         [worker.engine_event, worker.engine_event, worker.snapshot],
         order="strict",
-        timeout=3000,
+        timeout=10000,
         check_params_cbs=[
             kind_is("Unpaused", by="user"),
             kind_is("Resumed", gpu=0, models=(MODEL,)),
@@ -118,7 +118,7 @@ def test_unknown_model_load_reports_an_error(
     qtbot: Any, worker: StewardWorker, stepped: SteppedSteward
 ) -> None:
     start_until_resident(qtbot, worker, stepped)
-    with qtbot.waitSignal(worker.error, timeout=3000) as blocker:
+    with qtbot.waitSignal(worker.error, timeout=10000) as blocker:
         worker.submit("load", model="no-such-model")
     assert "no-such-model" in blocker.args[0]
     assert blocker.args[0].startswith("Could not load")
@@ -137,7 +137,7 @@ def test_settings_reach_the_engine_on_its_thread(
 
     stepped.steward.update_settings = update
     new = dataclasses.replace(stepped.steward.settings, auto_pause_for_gaming=False)
-    with qtbot.waitSignal(worker.snapshot, timeout=3000):
+    with qtbot.waitSignal(worker.snapshot, timeout=10000):
         worker.apply_settings(new)
     assert stepped.steward.settings.auto_pause_for_gaming is False
     assert seen and seen[0] != threading.main_thread().name
