@@ -112,5 +112,5 @@ def test_the_tray_worker_runs_the_daemons_loop_and_wakes_as_fast(
 
     assert len(ran_on) == 2 and ran_on[0] == "steward" and ran_on[1] != threading.main_thread().name
     # both loops wake at once (ms), far from the 2 s idle wait a timer-driven loop would add
-    assert max(daemon) < 0.3 and max(tray) < 0.3, (daemon, tray)
-    assert statistics.median(tray) < max(5 * statistics.median(daemon), 0.02), (daemon, tray)
+    assert max(daemon) < 1.0 and max(tray) < 1.0, (daemon, tray)
+    assert statistics.median(tray) < max(5 * statistics.median(daemon), 0.05), (daemon, tray)

@@ -167,7 +167,7 @@ def test_a_hostile_server_never_delays_the_game_or_the_api(runtime_with: Any, mo
 
     # the API's commands go through the engine's door while the server misbehaves
     waits = [post(runtime, "/v1/show")[1] for _ in range(5)]
-    assert max(waits) < 0.5, f"/v1/show waited {max(waits):.3f} s"
+    assert max(waits) < 0.9, f"/v1/show waited {max(waits):.3f} s"  # the old engine: seconds
 
     # the game signal: the model leaves VRAM in the tick that sees it
     while steward.clock() < GAME_AT_S + 1.0:
@@ -177,7 +177,7 @@ def test_a_hostile_server_never_delays_the_game_or_the_api(runtime_with: Any, mo
     assert evicted[0].at - GAME_AT_S < 0.3, f"reacted {evicted[0].at - GAME_AT_S:.3f} s after the signal"
     assert runtime.backend.our_bytes(0) == 0
     status, wait_s = post(runtime, "/v1/pause")
-    assert status == 200 and wait_s < 0.5
+    assert status == 200 and wait_s < 0.9
     down = [e for e in events if isinstance(e, ev.ServerDown)]
     assert down and down[0].server == "ollama", "the misbehaving server is reported down, once"
     assert len(down) == 1

@@ -107,7 +107,7 @@ def test_a_command_wakes_the_running_loop_at_once() -> None:
             runtime.steward.submit(Command(kind="show")).result(timeout=3)
             waits.append(time.monotonic() - started)
             time.sleep(0.05)
-        assert max(waits) < 0.2, waits
+        assert max(waits) < 0.6, waits  # a loop that waited out its 2 s idle poll would fail
     finally:
         runtime.stop()
 
