@@ -142,3 +142,20 @@ def test_metrics_over_http_without_a_token(tmp_path: Path, monkeypatch: pytest.M
         assert set(families(text)) >= {n.removesuffix("_total") for n in DOCUMENTED}
     finally:
         api.stop()
+
+
+def test_a_frozen_app_shows_what_sits_in_ram(engine: tuple[Runtime, ManualClock, StewardMetrics]) -> None:
+    import dataclasses
+
+    from app.core.holders import ModelState, ModelStatus
+
+    runtime, clock, metrics = engine
+    run_until(runtime, clock, 2)
+    frozen = ModelStatus(
+        name="ComfyUI", gpu=0, size_bytes=12 * GiB, state=ModelState.FROZEN, holder="freeze", priority=1000
+    )
+    snapshot = runtime.steward.snapshot
+    runtime.steward._snapshot = dataclasses.replace(snapshot, models=(*snapshot.models, frozen))
+    values = scrape(metrics.render().decode())
+    assert values[("vram_frozen_bytes", (("app", "ComfyUI"), ("gpu", "0")))] == 12 * GiB
+    assert not [k for k in values if k[0] == "vram_frozen_bytes" and ("app", "ComfyUI") not in k[1]]

@@ -79,6 +79,11 @@ DOCUMENTED: dict[str, tuple[str, tuple[str, ...], str]] = {
         f"1 when the model is resident in VRAM, else 0; model {OTHER_MODELS}: how many of the models beyond "
         f"each server's largest {MODEL_SERIES_PER_SERVER} are resident",
     ),
+    "vram_frozen_bytes": (
+        "gauge",
+        ("app", "gpu"),
+        "VRAM of an app frozen by the driver's checkpoint API: it sits in host RAM until restored",
+    ),
     "vram_reservations_outstanding_bytes": (
         "gauge",
         ("gpu",),
@@ -203,6 +208,11 @@ class _SnapshotCollector(Collector):
                 families["gpu_other_processes_count"].add_metric(label, others)
             for model_name, gpu_label, value in model_series(snapshot.models):
                 families["model_resident"].add_metric([model_name, gpu_label], value)
+            for model in snapshot.models:  # one series per configured app: a handful, never thousands
+                if model.state == ModelState.FROZEN:
+                    families["vram_frozen_bytes"].add_metric(
+                        [model.name, str(model.gpu)], model.size_bytes or 0
+                    )
         yield from families.values()
 
 
