@@ -198,6 +198,8 @@ def model_view(model: ModelStatus) -> ModelView:
         done = model.progress_done_bytes or 0
         progress = max(0, min(100, round(100 * done / model.progress_total_bytes)))
     state_text = f"loading {progress} %" if progress is not None else state
+    if model.state == ModelState.FROZEN:
+        state_text = "frozen in RAM" + (" until you thaw it" if model.held_by_user else "")
     load_text = ""
     if model.load_seconds is not None:
         load_text = f"{model.load_seconds:.1f} s"
@@ -231,6 +233,11 @@ def present(snapshot: StewardSnapshot, settings: Settings, *, notices: Iterable[
         notes.append(telemetry.message)
     gpus = tuple(gpu_view(g, snapshot.roles, settings) for g in telemetry.gpus)
     models = tuple(model_view(m) for m in snapshot.models)
+    notes += [  # what sits in host RAM instead of VRAM (a frozen app), said beside the gauges
+        f"{m.name}: {format_bytes(m.size_bytes)} of GPU {m.gpu} frozen in host RAM"
+        for m in snapshot.models
+        if m.state == ModelState.FROZEN
+    ]
     paused = snapshot.paused or snapshot.state == "paused"
     return TrayView(
         state=snapshot.state,

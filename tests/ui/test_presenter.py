@@ -192,3 +192,23 @@ def test_a_games_row_shows_what_it_needed_last_time() -> None:
     rows = process_rows(snap)
     assert [r.learned_text for r in rows if r.pid == game_row.pid] == ["needed 10.0 GiB last time"]
     assert all(r.learned_text == "" for r in rows if r.pid != game_row.pid)
+
+
+def test_a_frozen_app_says_what_sits_in_host_ram() -> None:
+    from app.core.config import Settings
+    from app.core.holders import ModelState, ModelStatus
+    from app.ui.presenter import present
+    from tests.fixtures.ui_snapshots import snapshot
+
+    frozen = ModelStatus(
+        name="ComfyUI",
+        gpu=0,
+        size_bytes=12 * 2**30,
+        state=ModelState.FROZEN,
+        holder="freeze",
+        held_by_user=True,
+    )
+    view = present(snapshot(models=(frozen,)), Settings())
+    assert "ComfyUI: 12.0 GiB of GPU 0 frozen in host RAM" in view.tooltip
+    (row,) = view.models
+    assert row.menu_text == "ComfyUI: frozen in RAM until you thaw it (12.0 GiB)" and row.command == "load"
