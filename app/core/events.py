@@ -168,8 +168,9 @@ class ModelsEvicted(Event):
     models: tuple[str, ...]
     reason: str  # game | pressure | user | pause | sleep | thermal | battery | dedicated
     trigger: str  # the process or signal that caused it, for people ("Cyberpunk 2077")
-    freed_bytes: int | None  # as measured through NVML after the free; None when it could not be measured
+    freed_bytes: int | None  # what the evicted models held; None when a size is unknown
     duration_s: float | None = None  # how long the holders took to free the models (engine clock)
+    trigger_exe: str | None = None  # the executable that caused it ("blender"), when one process did
 
 
 @dataclass(frozen=True, kw_only=True)

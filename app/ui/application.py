@@ -33,7 +33,7 @@ from app.core.notify.notifier import (
     add_ignore_rule,
     command_for_action,
 )
-from app.core.notify.text import ACTION_SHOW, IGNORE_APP_PREFIX, MANAGE_APP_PREFIX
+from app.core.notify.text import ACTION_SHOW, FREEZE_APP_PREFIX, IGNORE_APP_PREFIX, MANAGE_APP_PREFIX
 from app.core.settings import Settings
 from app.ui import presenter
 from app.ui.balloon import TrayBalloonNotifier
@@ -226,6 +226,9 @@ class StewardApp(QObject):
             self.ignore_app(key[len(IGNORE_APP_PREFIX) :])
         elif key.startswith(MANAGE_APP_PREFIX):
             self.manage_app(key[len(MANAGE_APP_PREFIX) :])
+        elif key.startswith(FREEZE_APP_PREFIX):
+            exe = key[len(FREEZE_APP_PREFIX) :]
+            self.manage_app(f"freeze {exe}")
         else:
             logger.warning("unknown notification action %r", key)
 
@@ -234,9 +237,15 @@ class StewardApp(QObject):
         (comments kept) and applied at once (the engine makes its holder)."""
         from app.core.settings import ServerConfig
 
-        kind, _, url = what.partition(" ")
+        kind, _, where = what.partition(" ")
+        entry = (
+            ServerConfig(kind=kind, name=where, match=where)  # "Freeze it while I game": by executable
+            if kind == "freeze"
+            else ServerConfig(kind=kind, url=where)
+        )
+        url = where
         try:
-            new = config.add_server(self.config_path, ServerConfig(kind=kind, url=url))
+            new = config.add_server(self.config_path, entry)
         except (VramError, OSError) as exc:
             text = exc.user_message() if isinstance(exc, VramError) else str(exc)
             self._on_error(f"Could not save the entry for {kind} at {url}: {text}")

@@ -227,3 +227,27 @@ def test_manage_it_on_a_found_app_saves_the_entry_and_applies_it(
         )
     finally:
         app.shutdown()
+
+
+def test_freeze_it_while_i_game_writes_a_freeze_entry_for_the_executable(
+    qtbot: Any, sim_runtime: Any, scenario_clock: Any, tmp_path: Path
+) -> None:
+    from app.core import events as ev
+
+    path = tmp_path / "config.toml"
+    app, stepped = make_app(qtbot, sim_runtime, scenario_clock, path)
+    try:
+        app.start()
+        qtbot.waitUntil(lambda: app.snapshot is not None, timeout=3000)
+        event = ev.ModelsEvicted(
+            at=0, gpu=0, models=("m",), reason="pressure", trigger="blender (pid 77) grew 3.1 GiB",
+            freed_bytes=None, trigger_exe="blender",
+        )  # fmt: skip
+        app.on_notification_action("freeze_app:blender", event)
+        assert 'kind = "freeze"' in path.read_text() and 'match = "blender"' in path.read_text()
+        qtbot.waitUntil(
+            lambda: [(s.kind, s.match) for s in stepped.steward.settings.servers] == [("freeze", "blender")],
+            timeout=3000,
+        )
+    finally:
+        app.shutdown()

@@ -705,6 +705,7 @@ class Steward:
                 trigger=action.trigger,
                 freed_bytes=freed,
                 duration_s=duration_s,
+                trigger_exe=action.trigger_exe,
             )
         )
 

@@ -32,6 +32,7 @@ from app.core.notify.text import (
     ACTION_EVICT_NOW,
     ACTION_RESUME,
     ACTION_SHOW,
+    FREEZE_APP_PREFIX,
     IGNORE_APP_PREFIX,
     MANAGE_APP_PREFIX,
     NotificationText,
@@ -509,6 +510,8 @@ def attach_notifications(runtime: Runtime) -> NotificationRouter | None:
             logger.info("%s will be ignored from now on (rule saved in %s)", name, new.source)
         elif key.startswith(MANAGE_APP_PREFIX):
             manage_found_app(runtime, key[len(MANAGE_APP_PREFIX) :])
+        elif key.startswith(FREEZE_APP_PREFIX):
+            manage_found_app(runtime, f"freeze {key[len(FREEZE_APP_PREFIX) :]}")
         elif key == ACTION_SHOW:
             logger.info("the daemon has no dashboard; run `vram-steward status` or start the tray app")
 
@@ -532,8 +535,11 @@ def manage_found_app(runtime: Runtime, what: str) -> None:
     from app.core.settings import ServerConfig
 
     kind, _, url = what.partition(" ")
+    entry = (  # "Freeze it while I game" names an executable; "Manage it" a URL
+        ServerConfig(kind=kind, name=url, match=url) if kind == "freeze" else ServerConfig(kind=kind, url=url)
+    )
     try:
-        new = add_server(runtime.settings.source, ServerConfig(kind=kind, url=url))
+        new = add_server(runtime.settings.source, entry)
     except (VramError, OSError) as exc:
         logger.error("could not save the [[servers]] entry for %s at %s: %s", kind, url, exc)
         return

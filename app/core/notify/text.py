@@ -22,6 +22,7 @@ ACTION_SHOW = "show"  # open the dashboard
 ACTION_EVICT_NOW = "evict_now"
 IGNORE_APP_PREFIX = "ignore_app:"  # followed by the application's name
 MANAGE_APP_PREFIX = "manage_app:"  # followed by "<kind> <url>" of a discovered app (events.AppFound)
+FREEZE_APP_PREFIX = "freeze_app:"  # followed by an executable name: freeze it while a game runs
 
 MAX_BURST_LINES = 3  # earlier titles a merged burst lists before "and N more"
 
@@ -99,7 +100,13 @@ def _evicted(event: ev.ModelsEvicted) -> NotificationText | None:
     elif event.reason == "pressure":
         title = f"{event.trigger} needs VRAM: {what}"
         body = f"{_names(event.models)} left GPU {event.gpu}. They come back when there is room again."
-        actions = (RESUME_NOW, ignore_app_action(event.trigger), OPEN_DASHBOARD)
+        rule_name = event.trigger_exe or event.trigger  # a rule matches the executable, not the text
+        actions = (RESUME_NOW, ignore_app_action(rule_name), OPEN_DASHBOARD)
+        if event.trigger_exe:  # a compute app we could freeze for games instead of losing our models to it
+            actions = (
+                *actions,
+                NotificationAction("Freeze it while I game", FREEZE_APP_PREFIX + event.trigger_exe),
+            )
     elif event.reason == "thermal":
         title = f"GPU {event.gpu} too hot: {what}"
         body = f"{_names(event.models)} left the GPU ({event.trigger}). They come back when it cools down."

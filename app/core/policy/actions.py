@@ -74,6 +74,7 @@ class Evict:
     reason: EvictReason
     trigger: str
     need_bytes: int | None = None
+    trigger_exe: str | None = None  # the executable behind `trigger`, when one process is (rules use it)
 
 
 @dataclass(frozen=True)

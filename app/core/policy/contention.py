@@ -532,7 +532,14 @@ class ContentionPolicy:
         if pressing and (acute or count >= s.pressure_samples):
             self._pressure_samples[index] = 0
             victims = choose_victims(held, pressure.need_bytes)
-            return Evict(index, _names(victims), "pressure", pressure.trigger, pressure.need_bytes)
+            return Evict(
+                index,
+                _names(victims),
+                "pressure",
+                pressure.trigger,
+                pressure.need_bytes,
+                pressure.trigger_exe,
+            )
         if pressing:
             logger.debug("pressure on GPU %d, sample %d of %d: %s", index, count, s.pressure_samples,
                          pressure.trigger)  # fmt: skip

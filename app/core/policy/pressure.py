@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.core.gpu.snapshot import GpuSnapshot
+from app.core.gpu.snapshot import GpuProcess, GpuSnapshot
 from app.core.holders import ModelStatus
-from app.core.policy.classify import Classification
+from app.core.policy.classify import Classification, executable_name
 from app.core.settings import Settings
 from app.core.units import format_bytes
 
@@ -33,6 +33,7 @@ class Pressure:
     free_bytes: int  # free VRAM, plus what processes under an "ignore" rule use (they never trigger)
     growth_bytes: int
     threshold_bytes: int
+    trigger_exe: str | None = None  # the executable of the process that grew most (for rules about it)
 
 
 def display_name(process_name: str) -> str:
@@ -69,24 +70,29 @@ def measure_pressure(
     excess = growth - threshold
     holds = short > 0 or excess > 0
     need = max(short, excess - given_back_bytes, 0) if holds else 0
+    trigger_exe: str | None = None
     if excess > 0:
-        trigger = _biggest_grower(gpu, classification) or (
-            f"foreign VRAM grew {format_bytes(growth)} (threshold {format_bytes(threshold)})"
+        grower = _biggest_grower(gpu, classification)
+        trigger_exe = executable_name(grower.name) if grower is not None else None
+        trigger = (
+            f"{display_name(grower.name)} (pid {grower.pid}) grew "
+            f"{format_bytes(classification.growth_bytes.get((gpu.index, grower.pid), 0))}"
+            if grower is not None
+            else f"foreign VRAM grew {format_bytes(growth)} (threshold {format_bytes(threshold)})"
         )
     elif short > 0:
         trigger = f"free VRAM {format_bytes(free)} is below the {format_bytes(headroom)} headroom"
     else:
         trigger = ""
-    return Pressure(holds, need, trigger, headroom, free, growth, threshold)
+    return Pressure(holds, need, trigger, headroom, free, growth, threshold, trigger_exe)
 
 
-def _biggest_grower(gpu: GpuSnapshot, classification: Classification) -> str | None:
+def _biggest_grower(gpu: GpuSnapshot, classification: Classification) -> GpuProcess | None:
     grown = [(classification.growth_bytes.get((gpu.index, p.pid), 0), p) for p in gpu.processes]
     grown = [(g, p) for g, p in grown if g > 0]
     if not grown:
         return None
-    growth, proc = max(grown, key=lambda item: item[0])
-    return f"{display_name(proc.name)} (pid {proc.pid}) grew {format_bytes(growth)}"
+    return max(grown, key=lambda item: item[0])[1]
 
 
 def choose_victims(models: Sequence[ModelStatus], need_bytes: int) -> tuple[ModelStatus, ...]:

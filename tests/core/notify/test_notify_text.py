@@ -195,3 +195,21 @@ def test_a_burst_of_one_is_unchanged_and_an_empty_one_is_an_error() -> None:
 )
 def test_durations_read_like_people_say_them(seconds: float, words: str) -> None:
     assert format_duration(seconds) == words
+
+
+def test_pressure_from_one_app_offers_rules_about_its_executable() -> None:
+    """Rules match the executable, never the notification's text ("blender (pid 77) grew 3.1 GiB")."""
+    event = ev.ModelsEvicted(
+        at=0,
+        gpu=0,
+        models=("llama-8b",),
+        reason="pressure",
+        trigger="blender (pid 77) grew 3.1 GiB",
+        freed_bytes=8 * 2**30,
+        trigger_exe="blender",
+    )
+    text = notification_for(event)
+    assert text is not None
+    assert "ignore_app:blender" in keys(text) and "freeze_app:blender" in keys(text)
+    (freeze,) = [a for a in text.actions if a.key == "freeze_app:blender"]
+    assert freeze.label == "Freeze it while I game"

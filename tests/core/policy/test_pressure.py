@@ -60,7 +60,7 @@ def test_sustained_growth_above_the_threshold_evicts_on_exactly_the_nth_sample()
     assert actions_of([first, second], Evict) == []
     # excess = 1.5 - 1 GiB threshold = 512 MiB: the 1 GiB embedder (priority 0) is enough
     assert actions_of([third], Evict) == [
-        Evict(0, ("embedder",), "pressure", "blender (pid 900) grew 1.5 GiB", 512 * MiB)
+        Evict(0, ("embedder",), "pressure", "blender (pid 900) grew 1.5 GiB", 512 * MiB, "blender")
     ]
     assert third.state == EngineState.EVICTED_FOR_PRESSURE
     assert world.resident() == ["llama-8b"]
@@ -98,7 +98,7 @@ def test_pressure_evicts_lowest_priority_then_least_recently_used_only_as_much_a
     world.set_process(0, blender(threshold + 2 * GiB))  # 2 GiB beyond the threshold
     evicts = actions_of(world.run(0.3), Evict)
     assert evicts == [
-        Evict(0, ("never-used", "older"), "pressure", "blender (pid 900) grew 3.2 GiB", 2 * GiB)
+        Evict(0, ("never-used", "older"), "pressure", "blender (pid 900) grew 3.2 GiB", 2 * GiB, "blender")
     ]
     # blender keeps growing by 0.5 GiB: one more model follows it, the important one stays
     world.set_process(0, blender(threshold + 2 * GiB + 512 * MiB))
