@@ -253,6 +253,10 @@ class StewardApp(QObject):
         logger.info("%s at %s is managed from now on (saved in %s)", kind, url, new.source)
         self.apply_settings(new)
 
+    def freeze_while_gaming(self, executable: str) -> None:
+        """The dashboard's "Freeze <app> while I game": a `kind = "freeze"` entry for its executable."""
+        self.manage_app(f"freeze {executable}")
+
     def ignore_app(self, name: str) -> None:
         """What "Always ignore this app" does: an ignore rule saved in the settings file, then applied."""
         try:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -91,6 +92,12 @@ class Dashboard(QMainWindow):
 
         self.tabs = QTabWidget(self)
         self.processes = self._table(PROCESS_COLUMNS)
+        self.processes.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.processes.customContextMenuRequested.connect(
+            lambda pos: self.process_menu(self.processes.rowAt(pos.y())).exec(
+                self.processes.viewport().mapToGlobal(pos)
+            )
+        )
         self.models = self._table(MODEL_COLUMNS)
         self.events = QListWidget(self)
         self.events.setAccessibleName("Recent events")
@@ -171,6 +178,17 @@ class Dashboard(QMainWindow):
 
     def event_lines(self) -> list[str]:
         return [self.events.item(i).text() for i in range(self.events.count())]
+
+    def process_menu(self, row: int) -> QMenu:
+        """The process table's context menu for one row: a foreign app can be frozen while you game."""
+        menu = QMenu(self)
+        rows = self._process_rows or []
+        if 0 <= row < len(rows) and rows[row].role in ("other", "game"):
+            process = rows[row]
+            exe = process.name.replace("\\", "/").rsplit("/", 1)[-1].split(" ")[0]
+            action = menu.addAction(f"Freeze {exe} while I game")
+            action.triggered.connect(lambda: self._actions.freeze_while_gaming(exe))
+        return menu
 
     def _fill_processes(self, rows: list[ProcessRow]) -> None:
         self.processes.setRowCount(len(rows))

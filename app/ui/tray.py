@@ -68,6 +68,8 @@ class TrayActions(Protocol):
 
     def show_settings(self) -> None: ...
 
+    def freeze_while_gaming(self, executable: str) -> None: ...  # a `kind = "freeze"` entry for it
+
     def quit(self) -> None: ...
 
 

@@ -251,3 +251,29 @@ def test_freeze_it_while_i_game_writes_a_freeze_entry_for_the_executable(
         )
     finally:
         app.shutdown()
+
+
+def test_the_dashboards_process_menu_freezes_a_foreign_app_while_gaming(
+    qtbot: Any, sim_runtime: Any, scenario_clock: Any, tmp_path: Path
+) -> None:
+    from app.ui.presenter import ProcessRow
+
+    path = tmp_path / "config.toml"
+    app, stepped = make_app(qtbot, sim_runtime, scenario_clock, path)
+    try:
+        app.start()
+        qtbot.waitUntil(lambda: app.snapshot is not None, timeout=3000)
+        app.dashboard._process_rows = [
+            ProcessRow(gpu=0, pid=1201, name="Xorg", role="desktop", vram_text="180 MiB", used_bytes=1),
+            ProcessRow(gpu=0, pid=77, name="/usr/bin/blender", role="other", vram_text="3 GiB", used_bytes=3),
+        ]
+        assert app.dashboard.process_menu(0).actions() == [], "the desktop is never offered"
+        (freeze,) = app.dashboard.process_menu(1).actions()
+        assert freeze.text() == "Freeze blender while I game"
+        freeze.trigger()
+        assert 'kind = "freeze"' in path.read_text() and 'match = "blender"' in path.read_text()
+        qtbot.waitUntil(
+            lambda: [s.match for s in stepped.steward.settings.servers] == ["blender"], timeout=3000
+        )
+    finally:
+        app.shutdown()
