@@ -352,7 +352,7 @@ class Steward:
             notes=tuple(classification.notes) + self._settings_notes(telemetry),
             paused=decision.state == EngineState.PAUSED,
             resume_at=decision.resume_at,
-            next_poll_s=decision.next_poll_s,
+            next_poll_s=self._next_poll_s(decision),
             tick=self._tick,
             learned_games=tuple(self._learned.values()),
         )
@@ -724,6 +724,14 @@ class Steward:
             now = self.clock()
             out_for = now - self._out_since.pop(action.gpu, now)
             self._emit(ev.Resumed(at=now, gpu=action.gpu, models=tuple(started), after_s=out_for))
+
+    def _next_poll_s(self, decision: Decision) -> float:
+        """The policy's pace, but the busy one as soon as anything of ours is loading: a tick that starts a
+        load (decided while nothing was held, at the idle pace) must not leave a game signal or pressure
+        during the load unseen for the idle interval."""
+        if any(m.state == ModelState.LOADING for m in self._models()):
+            return min(decision.next_poll_s, self.settings.poll_interval_secs)
+        return decision.next_poll_s
 
     def _settings_notes(self, telemetry: TelemetrySnapshot) -> tuple[str, ...]:
         """Settings that cannot work on this machine, said where people look (status, dashboard)."""

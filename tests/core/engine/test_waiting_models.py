@@ -60,3 +60,18 @@ def test_a_model_refused_at_start_is_loaded_once_the_blocker_exits() -> None:
     assert sim.our_bytes(0) == 4 * GiB
     assert len([e for e in events if isinstance(e, ev.LoadRefused)]) == 1, "no retry storm while it waited"
     steward.shutdown()
+
+
+def test_the_tick_that_starts_a_load_polls_at_the_busy_pace() -> None:
+    """A load decided while nothing was held must not leave the next look 2 s away: a game signal during
+    the load would be seen late, and the model allocated and evicted in one tick ("freed 0.0 GiB")."""
+    from app.core.wiring import build_runtime
+
+    clock = ManualClock()
+    runtime = build_runtime(Settings(), simulate="game-launch", clock=clock, with_api=False, audit=False)
+    try:
+        first = runtime.steward.tick()  # starts the autoload of the 8 GiB model
+        assert [m.state for m in first.models] == ["loading"]
+        assert first.next_poll_s == runtime.steward.settings.poll_interval_secs
+    finally:
+        runtime.stop()
