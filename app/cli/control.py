@@ -40,6 +40,18 @@ def run_app(args: argparse.Namespace) -> int:
 
     try:
         client = StewardClient()
+        apps = {m["name"]: m for m in client.models()}
+        found = apps.get(args.app)
+        if found is None or found.get("holder") != "freeze":
+            frozen = sorted(name for name, m in apps.items() if m.get("holder") == "freeze")
+            what = "a model, not an app VRAM Steward freezes" if found is not None else "not known"
+            print(
+                f"error: {args.app!r} is {what}. Apps to freeze: {', '.join(frozen) or 'none'} "
+                '(add one with [[servers]] kind = "freeze"; see docs/freezing.md). '
+                "A model is unloaded and loaded with `vram-steward models unload|load NAME`.",
+                file=sys.stderr,
+            )
+            return 1
         if args.control == "freeze":
             result = client.unload(args.app)
         else:
