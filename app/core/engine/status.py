@@ -124,16 +124,23 @@ def format_status_table(status: Mapping[str, Any]) -> str:
             lines.append(
                 f"  {m['name']:<32} GPU {m['gpu']}  {format_bytes(m['size_bytes']):>10}  {m['state']}"
             )
-    events = status.get("events") or []
+    events = [e for e in status.get("events") or [] if e.get("type") != "LoadProgress"]  # progress: above
     if events:
         lines.append("")
         lines.append("Recent events:")
         for e in events:
             facts = ", ".join(
-                f"{k}={v}" for k, v in e.items() if k not in ("type", "at", "wall_time", "severity")
+                f"{k}={_fact(k, v)}" for k, v in e.items() if k not in ("type", "at", "wall_time", "severity")
             )
             lines.append(f"  {e['at']:>9.1f} s  {e['type']}: {facts}")
     return "\n".join(lines)
+
+
+def _fact(key: str, value: Any) -> str:
+    """One event fact for people: sizes in the units used everywhere else (GiB/MiB), not raw bytes."""
+    if key.endswith("bytes") and isinstance(value, int) and not isinstance(value, bool):
+        return format_bytes(value)
+    return str(value)
 
 
 def _gpu_lines(gpu: Mapping[str, Any]) -> list[str]:
