@@ -24,7 +24,7 @@ from typing import Any
 
 from app.core.gpu.backend import GpuBackend
 from app.core.servers.base import HttpAnswer, ServerBadAnswer
-from app.core.servers.holder import ServerHolder
+from app.core.servers.holder import ServerHolder, require
 from app.core.servers.runners import FindRunners, RunnerProcess
 from app.core.servers.verify_free import HeldMemory, measure
 from app.core.settings import ServerConfig
@@ -71,6 +71,17 @@ class ProcessStaysHolder(ServerHolder):
             if problem is not None:
                 raise problem from exc
             raise
+
+    def openai_model_names(self, where: str) -> list[str]:
+        """The model ids of an OpenAI-compatible `GET /v1/models` (vLLM, SGLang), at least one."""
+        data = self.call_json("GET", "/v1/models")
+        require(
+            isinstance(data, dict) and isinstance(data.get("data"), list),
+            f"{where} (GET /v1/models) answered JSON without a 'data' list: {str(data)[:80]!r}",
+        )
+        names = [e["id"] for e in data["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        require(bool(names), f"{where} (GET /v1/models) lists no model with an 'id': {str(data)[:80]!r}")
+        return names
 
     def call_json(self, method: str, path: str, body: object | None = None, **options: Any) -> Any:
         answer = self.call(method, path, body, **options)

@@ -52,13 +52,7 @@ class SglangHolder(ProcessStaysHolder):
 
     def _list(self) -> list[ServedModel]:
         where = f"SGLang at {self.config.url}"
-        data = self.call_json("GET", "/v1/models")
-        require(
-            isinstance(data, dict) and isinstance(data.get("data"), list),
-            f"{where} (GET /v1/models) answered JSON without a 'data' list: {str(data)[:80]!r}",
-        )
-        names = [e["id"] for e in data["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
-        require(bool(names), f"{where} (GET /v1/models) lists no model with an 'id': {str(data)[:80]!r}")
+        names = self.openai_model_names(where)
         if not self._saver_checked:
             info = self.call_json("GET", "/get_server_info")
             require(isinstance(info, dict), f"{where} (GET /get_server_info) is not an object")

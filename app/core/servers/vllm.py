@@ -53,13 +53,7 @@ class VllmHolder(ProcessStaysHolder):
 
     def _list(self) -> list[ServedModel]:
         where = f"vLLM at {self.config.url}"
-        data = self.call_json("GET", "/v1/models")
-        require(
-            isinstance(data, dict) and isinstance(data.get("data"), list),
-            f"{where} (GET /v1/models) answered JSON without a 'data' list: {str(data)[:80]!r}",
-        )
-        names = [e["id"] for e in data["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
-        require(bool(names), f"{where} (GET /v1/models) lists no model with an 'id': {str(data)[:80]!r}")
+        names = self.openai_model_names(where)
         answer = self.call("GET", "/is_sleeping", ok_statuses=(200, 404))
         if answer.status == 404:
             self._sleep_mode_checked = False
