@@ -11,14 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-GPU = """
-[[gpus]]
-index = {index}
-name = "NVIDIA GeForce RTX 4090"
-uuid = "GPU-00000000-0000-4000-8000-00000000409{index}"
-total = "{total}"
-reserved = "256 MiB"
-"""
+from tests.fixtures.scenario_text import game_run, gpu_table
 
 
 def replay(tmp_path: Path, scenario: str, until_s: float) -> list[dict[str, Any]]:
@@ -48,7 +41,7 @@ def test_a_browser_big_at_start_and_growing_never_evicts(tmp_path: Path) -> None
     scenario = (
         'description = "firefox at 1.3 GiB at start, growing 1.5 GiB; free VRAM stays above the headroom"\n'
         "duration_s = 600\n"
-        + GPU.format(index=0, total="12 GiB")
+        + gpu_table(0, "12 GiB")
         + """
 [[processes]]
 pid = 2310
@@ -77,8 +70,8 @@ def test_a_game_on_gpu1_whose_process_exits_before_its_signal_frees_nothing_on_g
     scenario = (
         'description = "two GPUs; the game runs on GPU 1 and exits a second before GameMode says so"\n'
         "duration_s = 600\n"
-        + GPU.format(index=0, total="24 GiB")
-        + GPU.format(index=1, total="24 GiB")
+        + gpu_table(0, "24 GiB")
+        + gpu_table(1, "24 GiB")
         + """
 [[models]]
 name = "chat-8b"
@@ -129,43 +122,10 @@ name = "Cyberpunk 2077"
 
 
 def test_a_returning_game_gets_what_it_needed_last_time_lowest_priority_first(tmp_path: Path) -> None:
-    run = """
-[[timeline]]
-at = {start}
-event = "game_signal_start"
-name = "Hades II"
-source = "gamemode"
-pid = 4242
-
-[[timeline]]
-at = {proc}
-event = "process_start"
-pid = 4242
-name = "Hades2.exe"
-used = "300 MiB"
-kind = "graphics"
-
-[[timeline]]
-at = {proc}
-event = "process_resize"
-pid = 4242
-to = "12 GiB"
-duration_s = 4.0
-
-[[timeline]]
-at = {exit}
-event = "process_exit"
-pid = 4242
-
-[[timeline]]
-at = {end}
-event = "game_signal_end"
-name = "Hades II"
-"""
     scenario = (
         'description = "a 24 GiB card, two models of different priority; the same game twice"\n'
         "duration_s = 600\n"
-        + GPU.format(index=0, total="24 GiB")
+        + gpu_table(0, "24 GiB")
         + """
 [[models]]
 name = "chat-8b"
@@ -177,8 +137,8 @@ name = "embed-4b"
 size = "4 GiB"
 priority = 0
 """
-        + run.format(start=10.0, proc=11.0, exit=40.0, end=41.0)
-        + run.format(start=150.0, proc=151.0, exit=180.0, end=181.0)
+        + game_run(10.0, 11.0, 40.0, 41.0)
+        + game_run(150.0, 151.0, 180.0, 181.0)
     )
     records = replay(tmp_path, scenario, 175)
     first, second = of(records, "ModelsEvicted")
@@ -191,7 +151,7 @@ def test_a_model_refused_at_start_loads_once_the_blocker_exits(tmp_path: Path) -
     scenario = (
         'description = "Blender holds 9 GiB of 12 GiB when we start and exits at 20 s"\n'
         "duration_s = 600\n"
-        + GPU.format(index=0, total="12 GiB")
+        + gpu_table(0, "12 GiB")
         + """
 [[processes]]
 pid = 3100
@@ -220,7 +180,7 @@ def test_a_game_signal_during_a_load_is_seen_at_the_busy_pace(tmp_path: Path) ->
     scenario = (
         'description = "GameMode registers a game while the 16 GiB model is still loading"\n'
         "duration_s = 600\n"
-        + GPU.format(index=0, total="24 GiB")
+        + gpu_table(0, "24 GiB")
         + """
 [[models]]
 name = "big-16b"

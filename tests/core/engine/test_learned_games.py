@@ -17,61 +17,21 @@ from app.core.gpu.simulated import ManualClock, SimulatedBackend
 from app.core.residency.ledger import Ledgers
 from app.core.residency.simulated_holder import SimulatedHolder, SimulatedModel
 from app.core.units import GiB
-
-SIGNAL = """
-[[timeline]]
-at = {start}
-event = "game_signal_start"
-name = "Hades II"
-source = "gamemode"
-pid = 4242
-
-[[timeline]]
-at = {proc}
-event = "process_start"
-pid = 4242
-name = "Hades2.exe"
-used = "300 MiB"
-kind = "graphics"
-
-[[timeline]]
-at = {proc}
-event = "process_resize"
-pid = 4242
-to = "12 GiB"
-duration_s = 4.0
-
-[[timeline]]
-at = {exit}
-event = "process_exit"
-pid = 4242
-
-[[timeline]]
-at = {end}
-event = "game_signal_end"
-name = "Hades II"
-"""
+from tests.fixtures.scenario_text import game_run, gpu_table
 
 TWO_RUNS = (
-    """
-description = "a 24 GiB card with two models; the same game runs twice"
-duration_s = 600
-
-[[gpus]]
-index = 0
-name = "NVIDIA GeForce RTX 4090"
-uuid = "GPU-00000000-0000-4000-8000-000000004090"
-total = "24 GiB"
-reserved = "256 MiB"
-
+    'description = "a 24 GiB card with two models; the same game runs twice"\n'
+    "duration_s = 600\n"
+    + gpu_table(0, "24 GiB")
+    + """
 [[processes]]
 pid = 1201
 name = "Xorg"
 used = "300 MiB"
 kind = "graphics"
 """
-    + SIGNAL.format(start=10.0, proc=11.0, exit=40.0, end=41.0)
-    + SIGNAL.format(start=150.0, proc=151.0, exit=180.0, end=181.0)
+    + game_run(10.0, 11.0, 40.0, 41.0)
+    + game_run(150.0, 151.0, 180.0, 181.0)
 )
 
 CHAT, EMBED = "chat-8b", "embed-4b"
