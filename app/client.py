@@ -1,7 +1,9 @@
 """Python client for the local API: `StewardClient`.
 
-Finds the running instance through the endpoint file and the token file in the state dir, and turns
-problem JSON back into the same VramError classes the engine raised. Requests never go through a proxy
+Finds the running instance through the endpoint file in the state dir and talks to it over its Unix socket
+(no token needed: the kernel tells the engine who connected), else over TCP with the token from the token
+file (app/client_channel.py: the port's owner is checked first, TLS certificates are pinned). Turns problem
+JSON back into the same VramError classes the engine raised. Requests never go through a proxy
 (`http_proxy` and friends are ignored): the token goes to the engine and to nobody else.
 
 Loads and reservations are retried on retriable errors only (insufficient_vram, cuda_allocation_failed,
@@ -21,18 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import json
 import logging
 import random
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from app.client_channel import Channel, TcpChannel, UnixChannel
 from app.core import paths
 from app.core.errors import InsufficientVram, VramError
 
@@ -43,9 +45,7 @@ RETRIABLE_STATUSES = frozenset({503, 507})
 LONG_POLL_MAX_S = 60.0  # the server's cap on one long poll
 WAIT_GRACE_S = 1.0  # after wait_s, how long to keep asking for the server's final answer
 
-# No ProxyHandler entries: urlopen() would send the request, Authorization header included, to whatever
-# http_proxy / HTTP_PROXY names (no_proxy is not set for 127.0.0.1 everywhere).
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+ChannelChoice = Literal["auto", "unix", "tcp"]
 
 
 class NotRunning(VramError):
@@ -56,6 +56,10 @@ class NotRunning(VramError):
             f"VRAM Steward is not running ({detail})",
             suggestions=["Start it with `vram-steward` (tray) or `vram-steward daemon` (headless)"],
         )
+
+
+class _Unreachable(NotRunning):
+    """The connection could not be made (nothing was sent)."""
 
 
 class ApiError(VramError):
@@ -147,11 +151,20 @@ def is_retriable(exc: VramError) -> bool:
 
 
 class StewardClient:
+    """`base_url` (an http(s) URL) or `socket_path` name the engine; without either, the endpoint file does.
+    `channel`: "auto" (the Unix socket when there is one, TCP when it cannot be reached), "unix" or "tcp".
+    `fingerprint` pins a remote engine's TLS certificate ("sha256:..."; the endpoint file's by default),
+    `ca_file` verifies it against a CA instead."""
+
     def __init__(
         self,
         base_url: str | None = None,
         token: str | None = None,
         *,
+        socket_path: str | Path | None = None,
+        channel: ChannelChoice = "auto",
+        fingerprint: str | None = None,
+        ca_file: str | Path | None = None,
         timeout_s: float = 15.0,
         state_dir: Path | None = None,
         retry: RetryPolicy | None = None,
@@ -164,7 +177,8 @@ class StewardClient:
         endpoint_file = (state_dir / "api-endpoint.json") if state_dir else paths.api_endpoint_file()
         token_file = (state_dir / "api-token") if state_dir else paths.api_token_file()
         self.engine_pid: int | None = None  # the pid the endpoint file names, when it came from there
-        if base_url is None:
+        from_endpoint = base_url is None and socket_path is None
+        if from_endpoint:
             from app.core.api.endpoint import StaleEndpoint, read_live_endpoint
 
             try:
@@ -174,16 +188,31 @@ class StewardClient:
             if endpoint is None:
                 raise NotRunning(f"no endpoint file at {endpoint_file}")
             base_url = endpoint.url
+            socket_path = endpoint.socket
+            fingerprint = fingerprint or endpoint.tls_fingerprint
             self.engine_pid = endpoint.pid
-        if token is None:
-            from app.core.api.token import read_token  # TokenFileUnsafe for a symlink: not caught
-
-            try:
-                token = read_token(token_file)
-            except OSError as exc:
-                raise NotRunning(f"no token file at {token_file}") from exc
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.socket_path = str(socket_path) if socket_path and channel != "tcp" else None
+        self._tcp: TcpChannel | None = None
+        if self.base_url is not None and channel != "unix":
+            self._tcp = TcpChannel(
+                self.base_url,
+                fingerprint=fingerprint,
+                ca_file=Path(ca_file) if ca_file else None,
+                endpoint_file=endpoint_file if from_endpoint else None,
+            )
+        self._channel: Channel
+        if self.socket_path is not None:
+            self._channel = UnixChannel(self.socket_path)
+        elif self._tcp is not None:
+            self._channel = self._tcp
+        else:
+            raise NotRunning(f"no {channel} channel to the engine ({endpoint_file} names none)")
+        self.tls_fingerprint = self._tcp.fingerprint if self._tcp is not None else None
+        self._token_file = token_file
         self.token = token
+        if token is None and self._channel.needs_token:
+            self.token = self._read_token()
         self.timeout_s = timeout_s
         self.retry = retry if retry is not None else RetryPolicy()
         self.variants = {k: list(v) for k, v in variants.items()} if variants is not None else None
@@ -195,23 +224,71 @@ class StewardClient:
 
     # --- transport -----------------------------------------------------------------------------
 
+    @property
+    def channel(self) -> str:
+        """ "unix" or "tcp": what the next request uses."""
+        return self._channel.kind
+
+    @property
+    def where(self) -> str:
+        """The socket path or the URL the next request goes to (for messages)."""
+        return self._channel.describe()
+
+    def _read_token(self) -> str:
+        from app.core.api.token import read_token  # TokenFileUnsafe for a symlink: not caught
+
+        try:
+            return read_token(self._token_file)
+        except OSError as exc:
+            raise NotRunning(f"no token file at {self._token_file}") from exc
+
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout_s: float | None = None
     ) -> dict[str, Any]:
         """One HTTP exchange. Raises InsufficientVram for insufficient_vram, ApiError for other problems
-        (both with `.status` and `.problem`), NotRunning when nothing answers."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
+        (both with `.status` and `.problem`), NotRunning when nothing answers. A Unix socket that cannot
+        be reached (removed, nobody listening) makes this and later requests use TCP, when there is one."""
         try:
-            with _OPENER.open(req, timeout=timeout_s or self.timeout_s) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise _error_from(exc.code, exc.read(), exc.headers.get("Retry-After")) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise NotRunning(f"cannot reach {self.base_url}: {exc}") from exc
+            return self._exchange(method, path, body, timeout_s)
+        except _Unreachable:  # not connected: nothing was sent, so trying TCP cannot do anything twice
+            if self._channel.kind != "unix" or self._tcp is None:
+                raise
+            logger.info(
+                "the API's Unix socket %s cannot be reached: using %s", self.socket_path, self.base_url
+            )
+            self._channel = self._tcp
+            if self.token is None:
+                self.token = self._read_token()
+            return self._exchange(method, path, body, timeout_s)
+
+    def _exchange(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float | None
+    ) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if self._channel.needs_token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn = self._channel.connection(timeout_s or self.timeout_s)  # PortNotOurs: not caught
+        try:
+            try:
+                conn.connect()
+            except VramError:
+                raise  # a refused certificate: said as it is, not as "not running"
+            except OSError as exc:
+                raise _Unreachable(f"cannot reach {self._channel.describe()}: {exc}") from exc
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            status, payload, retry_after = resp.status, resp.read(), resp.getheader("Retry-After")
+        except VramError:
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            raise NotRunning(f"cannot reach {self._channel.describe()}: {exc}") from exc
+        finally:
+            conn.close()
+        if status >= 400:
+            raise _error_from(status, payload, retry_after)
         return dict(json.loads(payload)) if payload else {}
 
     # --- plain calls ---------------------------------------------------------------------------

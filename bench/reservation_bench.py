@@ -174,6 +174,7 @@ def run_api(sizes: list[int], samples: int, burst: int, *, old: bool = False) ->
     runtime = build_runtime(Settings(api_port=0, auto_evict=False), simulate=scenario, audit=False)
     assert runtime.api is not None
     runtime.api.reservations._max_outstanding = 2 * max(sizes) + burst  # the daemon's cap is 4,096
+    runtime.api.reservations._max_per_client = 2 * max(sizes) + burst  # and 1,024 per client
     runtime.start_worker()
     try:
         deadline = time.monotonic() + 10
@@ -223,11 +224,8 @@ def load_old_book() -> tuple[Any, Any]:
 def make_book(ledger_mod: Any, book_mod: Any, clock: Callable[[], float]) -> tuple[Any, Any]:
     ledgers = ledger_mod.Ledgers(headroom_bytes=lambda total: 2 * GiB, clock=clock)
     ledgers.for_gpu(0).observe(total_bytes=24 * GiB, free_bytes=20 * GiB, sampled_at=clock())
-    kwargs = (
-        {"max_outstanding": 1_000_000}
-        if "max_outstanding" in book_mod.ReservationBook.__init__.__code__.co_varnames
-        else {}
-    )
+    parameters = book_mod.ReservationBook.__init__.__code__.co_varnames
+    kwargs = {name: 1_000_000 for name in ("max_outstanding", "max_per_client") if name in parameters}
     return ledgers, book_mod.ReservationBook(ledgers, clock=clock, **kwargs)
 
 

@@ -90,9 +90,14 @@ def _run_daemon(args: argparse.Namespace, notice: str | None) -> int:
 
         runtime.steward.subscribe(show)
     if runtime.api is not None:
-        print(
-            f"API on http://{settings.api_host}:{runtime.api.bound_port} (token in the state dir)", flush=True
-        )
+        api = runtime.api
+        scheme = "https" if api.tls is not None else "http"
+        host = f"[{settings.api_host}]" if ":" in settings.api_host else settings.api_host
+        print(f"API on {scheme}://{host}:{api.bound_port} (token in the state dir)", flush=True)
+        if api.tls is not None:
+            print(f"TLS certificate {api.tls.fingerprint} (pin it on the clients)", flush=True)
+        if api.unix_socket is not None:
+            print(f"API socket {api.unix_socket} (this user only)", flush=True)
 
     done = threading.Event()
 

@@ -129,20 +129,33 @@ def ask_engine(wait_s: float = ENGINE_WAIT_S) -> tuple[dict[str, Any] | None, st
             if exc.status == 503 and time.monotonic() < deadline:  # still taking its first sample
                 time.sleep(0.2)
                 continue
-            return None, f"the engine at {client.base_url} answered {exc.status}: {exc.message}"
+            return None, f"the engine at {client.where} answered {exc.status}: {exc.message}"
         except VramError as exc:
             return None, exc.message
     pid = client.engine_pid
     kind = holder.kind if holder is not None and holder.pid == pid else None
     status["source"] = "engine"
-    status["engine"] = {"pid": pid, "kind": kind, "url": client.base_url}
+    status["engine"] = {
+        "pid": pid,
+        "kind": kind,
+        "url": client.base_url,  # the TCP address (for other clients), whichever channel this used
+        "channel": client.channel,  # "unix" (the default) or "tcp"
+        "socket": client.socket_path,
+        "tls_fingerprint": client.tls_fingerprint,
+    }
     return status, ""
 
 
 def engine_line(engine: dict[str, Any]) -> str:
     who = KIND_WORDS.get(engine.get("kind") or "", "engine")
     pid = engine.get("pid")
-    return f"From the running {who}" + (f", pid {pid}" if pid is not None else "") + f" ({engine['url']})."
+    where = engine.get("url") or ""
+    if engine.get("channel") == "unix":
+        where = f"{where}; asked through {engine['socket']}" if where else str(engine["socket"])
+    line = f"From the running {who}" + (f", pid {pid}" if pid is not None else "") + f" ({where})."
+    if engine.get("tls_fingerprint"):
+        line += f"\nIts TLS certificate: {engine['tls_fingerprint']}"
+    return line
 
 
 def _open_real_backend() -> Any:

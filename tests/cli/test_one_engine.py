@@ -211,6 +211,9 @@ def test_a_daemon_refuses_while_the_real_tray_app_runs(tmp_path: Path) -> None:
             "pid": tray.pid,
             "kind": "tray",
             "url": f"http://127.0.0.1:{endpoint['port']}",
+            "channel": "unix",  # the tray's API is on its Unix socket too
+            "socket": str(tmp_path / "run" / "vram-steward" / "api.sock"),
+            "tls_fingerprint": None,
         }
         tray.send_signal(signal.SIGHUP)  # the same ordered stop as SIGTERM
         tray.wait(30)
@@ -342,16 +345,22 @@ def test_api_port_0_takes_a_free_port_that_status_finds(tmp_path: Path) -> None:
     finally:
         stop(daemon)
     assert status["source"] == "engine"
+    sock = tmp_path / "run" / "vram-steward" / "api.sock"
+    assert endpoint["socket"] == str(sock)
     assert status["engine"] == {
         "pid": daemon.pid,
         "kind": "daemon",
         "url": f"http://127.0.0.1:{endpoint['port']}",
+        "channel": "unix",  # the CLI's default channel
+        "socket": str(sock),
+        "tls_fingerprint": None,
     }
     assert [(m["name"], m["state"]) for m in status["models"]] == [("llama-3.1-8b-instruct-q8_0", "resident")]
     roles = {p["name"]: p["role"] for g in status["gpus"] for p in g["processes"]}
     assert roles["vram-steward-host"] == "self" and roles["Xorg"] == "desktop"
     assert status["backend"] == "simulated" and status["state"] is not None
-    assert f"From the running daemon, pid {daemon.pid} (http://127.0.0.1:{endpoint['port']})." in table.stdout
+    url = f"http://127.0.0.1:{endpoint['port']}"
+    assert f"From the running daemon, pid {daemon.pid} ({url}; asked through {sock})." in table.stdout
     assert "llama-3.1-8b-instruct-q8_0" in table.stdout
 
 

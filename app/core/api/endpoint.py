@@ -1,7 +1,10 @@
 """The endpoint file (`paths.api_endpoint_file()`): where the running engine's API listens.
 
-The engine that starts the API writes `{"host", "port", "pid", "written_at"}` (atomically, 0600); the CLI
-and `StewardClient` read it to find the engine. Rules that keep two processes from confusing each other:
+The engine that starts the API writes `{"host", "port", "pid", "written_at", "socket", "tls_fingerprint"}`
+(atomically, 0600); the CLI and `StewardClient` read it to find the engine: `socket` is the API's Unix socket
+(the CLI's default channel; null when there is none), `tls_fingerprint` the SHA-256 of the certificate the
+TCP port serves (remote API only; null: plain HTTP on loopback). Rules that keep two processes from
+confusing each other:
 - only the process that wrote the file removes it, and only while it still holds what that process wrote
   (`remove_endpoint_if_ours`), so a second process exiting never deletes the first one's endpoint;
 - a file whose writer has exited (killed, crashed) is stale: `read_live_endpoint` refuses it, so the token
@@ -34,11 +37,21 @@ class Endpoint:
     port: int
     pid: int | None
     written_at: float | None
+    socket: str | None = None  # the Unix socket's path
+    tls_fingerprint: str | None = None  # "sha256:<hex>" when the TCP port speaks TLS
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        if host in ("0.0.0.0", "[::]"):  # listening everywhere: this machine reaches it on loopback
+            host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        scheme = "https" if self.tls_fingerprint else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+
+def api_socket_file() -> Path:
+    """The API's Unix socket, in the private runtime folder (app.core.instance.private_runtime_dir)."""
+    return paths.runtime_dir() / "api.sock"
 
 
 class StaleEndpoint(VramError):
@@ -86,10 +99,19 @@ class ApiPortUnavailable(VramError):
         )
 
 
-def write_endpoint(path: Path, host: str, port: int) -> dict[str, Any]:
+def write_endpoint(
+    path: Path, host: str, port: int, *, socket: Path | None = None, tls_fingerprint: str | None = None
+) -> dict[str, Any]:
     """Atomically record where the API listens; returns the record written (for remove_endpoint_if_ours)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"host": host, "port": port, "pid": os.getpid(), "written_at": time.time()}
+    record: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "pid": os.getpid(),
+        "written_at": time.time(),
+        "socket": str(socket) if socket is not None else None,
+        "tls_fingerprint": tls_fingerprint,
+    }
     write_atomic(path, json.dumps(record), mode=0o600)
     return record
 
@@ -110,11 +132,15 @@ def read_endpoint_record(path: Path | None = None) -> Endpoint | None:
     try:
         pid = data.get("pid")
         written = data.get("written_at")
+        sock = data.get("socket")
+        fingerprint = data.get("tls_fingerprint")
         return Endpoint(
             host=str(data["host"]),
             port=int(data["port"]),
             pid=int(pid) if pid is not None else None,
             written_at=float(written) if written is not None else None,
+            socket=str(sock) if sock else None,
+            tls_fingerprint=str(fingerprint) if fingerprint else None,
         )
     except (KeyError, TypeError, ValueError):
         return None

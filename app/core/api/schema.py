@@ -13,7 +13,13 @@ from typing import Any
 
 from app import __version__
 from app.core.atomic import write_atomic
-from app.core.residency.reservations import DEFAULT_TTL_S, MAX_HOLDER_CHARS, MAX_TTL_S, MAX_WAIT_S
+from app.core.residency.reservations import (
+    DEFAULT_TTL_S,
+    MAX_CLIENT_CHARS,
+    MAX_HOLDER_CHARS,
+    MAX_TTL_S,
+    MAX_WAIT_S,
+)
 
 MAX_LONG_POLL_S = 60.0
 DOCS_FILE = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
@@ -87,6 +93,11 @@ RESERVATION = {
         "waited_s": {"type": "number"},
         "wait_remaining_s": _NULLABLE_NUMBER,
         "expires_in_s": _NULLABLE_NUMBER,
+        "client": {
+            "type": "string",
+            "description": "Who took it, for the per-client caps: `unix:pid=N` (Unix socket) or "
+            "`tcp:ADDRESS`, then `/NAME` when the request named a client.",
+        },
     },
     "additionalProperties": True,
 }
@@ -117,6 +128,14 @@ RESERVATION_REQUEST = {
             "description": "Queue (FIFO per GPU) for up to this long when it does not fit now (null or 0: "
             "answer at once).",
         },
+        "client": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_CLIENT_CHARS,
+            "nullable": True,
+            "description": "A name for the caller, counted with its address for the per-client caps "
+            "(clients that share an address, e.g. 127.0.0.1, then do not share a cap).",
+        },
     },
     "additionalProperties": False,
 }
@@ -144,6 +163,31 @@ STATUS = {
         "events": {"type": "array", "items": {"type": "object"}},
         "queue": {"type": "array", "items": {"$ref": "#/components/schemas/Reservation"}},
         "reservations": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+DISCOVERED = {
+    "type": "object",
+    "required": ["enabled", "last_run_at", "apps"],
+    "properties": {
+        "enabled": {"type": "boolean", "description": "false in a simulation: nothing is probed."},
+        "last_run_at": {**_NULLABLE_NUMBER, "description": "Unix seconds; null before the first run."},
+        "apps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["kind", "name", "url", "port", "managed", "found_at"],
+                "properties": {
+                    "kind": {"type": "string", "description": "As in a [[servers]] entry, e.g. comfyui."},
+                    "name": {"type": "string", "description": "For people, e.g. ComfyUI."},
+                    "url": {"type": "string", "description": "http://127.0.0.1:PORT"},
+                    "port": {"type": "integer"},
+                    "managed": {"type": "boolean", "description": "A [[servers]] entry names its port."},
+                    "found_at": {"type": "number", "description": "Unix seconds; first found."},
+                },
+            },
+        },
     },
 }
 
@@ -265,6 +309,12 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/discovered": {
+            "get": {
+                "summary": "AI apps that discovery found answering on loopback, managed or not.",
+                "responses": {"200": _json("What the last discovery run found.", DISCOVERED), **_ERRORS},
+            }
+        },
         "/v1/models/{name}/load": {
             "parameters": [_MODEL_NAME],
             "post": {
@@ -341,7 +391,9 @@ def openapi_document() -> dict[str, Any]:
                         {"$ref": "#/components/schemas/Reservation"},
                         _LOCATION_HEADER,
                     ),
-                    "429": _problem_response("queue_full"),
+                    "429": _problem_response(
+                        "queue_full, too_many_reservations or too_many_reservations_for_client"
+                    ),
                     "507": insufficient,
                     **_ERRORS,
                 },

@@ -12,12 +12,18 @@ Defences against other local users, web pages and (with allow_remote_api) LAN pe
   is closed, and a body must arrive within BODY_TIMEOUT_S, so silent or trickling sockets cannot use up
   the process's file descriptors;
 - hostile input (non-ASCII tokens, deep JSON, numbers thousands of digits long) gets a 4xx problem;
-- with allow_remote_api, /healthz and /metrics need the token too unless the peer is on loopback.
+- with allow_remote_api, /healthz and /metrics need the token too unless the peer is on loopback, and the
+  TCP port speaks TLS only (a user certificate or a self-signed one whose fingerprint clients pin: tls.py);
+- the same app is served on a Unix socket in the private runtime folder (0600 in a 0700 folder), where the
+  kernel tells the peer's uid (SO_PEERCRED): only this user is answered, and there the token is not needed
+  (anyone who runs as this user can read the token file anyway);
+- each listener keeps a bounded number of connections (listeners.py); one more gets a 503 at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -32,7 +38,10 @@ from aiohttp import web
 from app import __version__
 from app.core import paths
 from app.core.api.endpoint import ApiPortUnavailable, remove_endpoint_if_ours, write_endpoint
+from app.core.api.listeners import CappedSite, bind_unix_socket, remove_unix_socket_if_ours
+from app.core.api.peer import Peer, peer_of
 from app.core.api.schema import MAX_LONG_POLL_S, openapi_document
+from app.core.api.tls import TlsIdentity, tls_identity
 from app.core.engine.commands import Outcome
 from app.core.engine.steward import Steward, StewardSnapshot
 from app.core.errors import InsufficientVram, InvalidInput, VramError
@@ -58,6 +67,9 @@ BODY_TIMEOUT_S = 10.0  # the most a request body may take to arrive (64 KiB)
 MAX_JSON_DEPTH = 32  # request bodies are flat objects; anything deeper is an attack or a mistake
 MAX_NUMBER_DIGITS = 40  # longer integer literals are read as TooLongNumber (and refused by the field check)
 OPEN_FILES_WANTED = 65_536  # the soft RLIMIT_NOFILE raised toward this at start (never above the hard one)
+MAX_TCP_CONNECTIONS = 256  # open at once on the TCP port (other local users can connect there)
+MAX_UNIX_CONNECTIONS = 64  # open at once on the Unix socket (this user's CLI and clients)
+SPARE_FILES = 32  # descriptors kept for everything else (logs, pipes, NVML, model servers)
 
 
 def problem(status: int, error: str, message: str, **extra: Any) -> web.Response:
@@ -117,20 +129,35 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _raise_open_file_limit() -> None:
+def _raise_open_file_limit() -> int | None:
     """Raise the soft open-file limit toward the hard one: each API connection costs a descriptor, and
-    the usual soft limit (1024) is far below what the kernel allows this user."""
+    the usual soft limit (1024) is far below what the kernel allows this user. Returns the soft limit now
+    (None: unlimited or unknown)."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not on POSIX
-        return
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
         except (ValueError, OSError) as exc:
             logger.debug("could not raise the open-file limit from %d: %s", soft, exc)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connection_caps(open_files: int | None, with_unix: bool) -> tuple[int, int]:
+    """(TCP cap, Unix-socket cap): the defaults, cut so that both together leave SPARE_FILES descriptors
+    (and a listen backlog) under the open-file limit; never below 8 each."""
+    unix = MAX_UNIX_CONNECTIONS if with_unix else 0
+    if open_files is None:
+        return MAX_TCP_CONNECTIONS, unix
+    room = max(open_files - SPARE_FILES, 16)
+    unix = min(unix, room // 2) if with_unix else 0
+    tcp = min(MAX_TCP_CONNECTIONS, room - unix)
+    return max(tcp, 8), max(unix, 8) if with_unix else 0
 
 
 def _url_host(host: str) -> str:
@@ -148,6 +175,7 @@ def _is_ip_literal(host: str) -> bool:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PEER = web.RequestKey("peer", Peer)  # who is calling, set by the first middleware
 
 
 class ApiServer:
@@ -163,6 +191,9 @@ class ApiServer:
         allow_remote: bool = False,
         endpoint_file: Path | None = None,
         metrics: Callable[[], bytes] | None = None,
+        unix_socket: Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         if not is_loopback(host) and not allow_remote:
             raise InvalidInput(
@@ -171,13 +202,21 @@ class ApiServer:
                 field_name="api_host",
                 value=host,
             )
-        if not is_loopback(host):
+        self.tls: TlsIdentity | None = None
+        if not is_loopback(host):  # remote: TLS or nothing (TlsUnavailable says what to fix)
+            self.tls = tls_identity(tls_cert, tls_key, host)
             logger.warning(
-                "the API listens on %s, reachable from other machines (allow_remote_api): it has no TLS, so "
-                "the API token and every answer cross the network in cleartext, and anyone who sees that "
-                "traffic can control VRAM Steward; /healthz and /metrics need the token from other machines",
+                "the API listens on %s, reachable from other machines (allow_remote_api): TLS only, "
+                "certificate %s (%s), fingerprint %s; /healthz and /metrics need the token from other "
+                "machines",
                 host,
+                self.tls.cert_file,
+                "self-signed" if self.tls.self_signed else "yours",
+                self.tls.fingerprint,
             )
+        self.unix_socket = unix_socket
+        self._unix_identity: tuple[int, int] | None = None
+        self.sites: list[CappedSite] = []
         self.steward = steward
         self.host = host
         self.port = port
@@ -186,9 +225,12 @@ class ApiServer:
         self._allowed_hosts: frozenset[str] = frozenset()  # Host header values, set once the port is known
         self.endpoint_file = endpoint_file
         self.metrics = metrics
+        # GET /v1/discovered: the discovery watcher's report (set by the wiring; None: discovery is off)
+        self.discovery_report: Callable[[], dict[str, Any]] | None = None
         self.reservations = ReservationBook(steward.ledgers, clock=steward.clock)
         self.app = web.Application(
-            middlewares=[self._errors, self._check_host, self._auth], client_max_size=MAX_BODY_BYTES
+            middlewares=[self._errors, self._check_peer, self._check_host, self._auth],
+            client_max_size=MAX_BODY_BYTES,
         )
         self._routes()
         self._runner: web.AppRunner | None = None
@@ -201,6 +243,7 @@ class ApiServer:
         r.add_get("/metrics", self.get_metrics)
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/models", self.models)
+        r.add_get("/v1/discovered", self.discovered)
         r.add_post("/v1/models/{name}/load", self.load)
         r.add_post("/v1/models/{name}/unload", self.unload)
         r.add_post("/v1/models/{name}/verify", self.verify)
@@ -218,31 +261,71 @@ class ApiServer:
     async def start(self) -> int:
         """Listen (port 0: any free port) and record the bound port in the endpoint file. Raises
         ApiPortUnavailable, naming host:port and the `api_port` key, when the port cannot be had."""
-        _raise_open_file_limit()
+        tcp_cap, unix_cap = connection_caps(_raise_open_file_limit(), self.unix_socket is not None)
         # keepalive_timeout also runs from the moment a connection opens: one that sends no whole request
         # in time (silent, or trickling its headers) is closed, as is an idle keep-alive connection
         self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        ssl_context = self.tls.server_context() if self.tls is not None else None
+        site = CappedSite(
+            self._runner, host=self.host, port=self.port, max_connections=tcp_cap, ssl_context=ssl_context
+        )
         try:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
             raise ApiPortUnavailable(self.host, self.port, exc) from exc
+        self.sites = [site]
+        if self.unix_socket is not None:
+            await self._start_unix(unix_cap)
         self.steward.subscribe_snapshots(self._after_tick)
-        addresses = self._runner.addresses  # (host, port[, ...]) of every bound socket
-        self.bound_port = int(addresses[0][1]) if addresses else self.port
+        self.bound_port = site.bound_port or self.port
         self._allowed_hosts = self._host_names(self.bound_port)
         if self.endpoint_file is not None:
-            self._endpoint_written = write_endpoint(self.endpoint_file, self.host, self.bound_port)
-        logger.info("API listening on http://%s:%s", self.host, self.bound_port)
+            self._endpoint_written = write_endpoint(
+                self.endpoint_file,
+                self.host,
+                self.bound_port,
+                socket=self.unix_socket if self._unix_identity is not None else None,
+                tls_fingerprint=self.tls.fingerprint if self.tls is not None else None,
+            )
+        scheme = "https" if self.tls is not None else "http"
+        logger.info(
+            "API listening on %s://%s:%s%s",
+            scheme,
+            self.host,
+            self.bound_port,
+            f" and on {self.unix_socket}" if self._unix_identity is not None else "",
+        )
         return self.bound_port
+
+    async def _start_unix(self, max_connections: int) -> None:
+        """The Unix socket, 0600 in the private runtime folder. Not fatal: TCP serves on without it."""
+        assert self._runner is not None and self.unix_socket is not None
+        from app.core.instance import private_runtime_dir
+
+        try:
+            private_runtime_dir(self.unix_socket.parent)
+            sock, self._unix_identity = bind_unix_socket(self.unix_socket)
+            site = CappedSite(self._runner, sock=sock, max_connections=max_connections)
+            await site.start()
+        except (OSError, VramError) as exc:
+            logger.warning(
+                "the API's Unix socket %s cannot be used (%s): clients use TCP", self.unix_socket, exc
+            )
+            remove_unix_socket_if_ours(self.unix_socket, self._unix_identity)
+            self._unix_identity = None
+            return
+        self.sites.append(site)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.unix_socket is not None:
+            remove_unix_socket_if_ours(self.unix_socket, self._unix_identity)
+            self._unix_identity = None
         if self.endpoint_file is not None:  # only what we wrote: another engine may have written since
             remove_endpoint_if_ours(self.endpoint_file, self._endpoint_written)
             self._endpoint_written = None
@@ -290,8 +373,26 @@ class ApiServer:
             return problem(500, "internal_error", f"unexpected error: {type(exc).__name__}")
 
     @web.middleware
+    async def _check_peer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Who is calling (peer.py); on the Unix socket, only this user (the kernel's word, SO_PEERCRED)."""
+        peer = peer_of(request.transport, request.remote)
+        request[PEER] = peer
+        # no credentials (no SO_PEERCRED on this platform): not refused, but the token is needed (_auth)
+        if peer.channel == "unix" and peer.uid is not None and not peer.same_user:
+            return problem(
+                403,
+                "peer_not_allowed",
+                f"this socket answers only its owner's processes; the peer runs as uid {peer.uid}",
+                details={"uid": peer.uid, "pid": peer.pid},
+                suggestions=["Run the client as the user who runs VRAM Steward"],
+            )
+        return await handler(request)
+
+    @web.middleware
     async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         host = request.headers.get("Host")
+        if request[PEER].channel == "unix":  # no browser reaches a Unix socket: no DNS rebinding there
+            return await handler(request)
         if not self.host_allowed(host):
             return problem(
                 421,
@@ -307,6 +408,8 @@ class ApiServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request[PEER].same_user:  # the kernel vouches for the user: the token would add nothing
+            return await handler(request)
         if request.path in ("/healthz", "/metrics") and (
             not self.allow_remote or is_loopback(request.remote or "")
         ):
@@ -361,6 +464,12 @@ class ApiServer:
             item["variants"] = list(config.variants) if config else []
             out.append(item)
         return web.json_response({"models": out})
+
+    async def discovered(self, request: web.Request) -> web.Response:
+        """The AI apps discovery found on loopback, managed or not (docs/servers.md, "Finding apps")."""
+        if self.discovery_report is None:  # a simulation, or discovery not wired
+            return web.json_response({"enabled": False, "last_run_at": None, "apps": []})
+        return web.json_response({"enabled": True, **self.discovery_report()})
 
     def _known_model(self, name: str) -> None:
         snap = self.steward.snapshot
@@ -441,7 +550,10 @@ class ApiServer:
         if snap is None:
             return problem(503, "starting", "the engine has not sampled the GPU yet", retry_after=1)
         gpus = {g.index: (g.total_bytes if g.total_bytes > 0 else None) for g in snap.telemetry.gpus}
-        record = self.reservations.request(parse_reservation_request(body, gpus))
+        req = parse_reservation_request(body, gpus)
+        peer = request[PEER]
+        client = f"{peer.identity}/{req.client}" if req.client else peer.identity
+        record = self.reservations.request(dataclasses.replace(req, client=client))
         _, position = self.reservations.get(record.id)
         status = 202 if record.state == ReservationState.WAITING else 201
         return web.json_response(

@@ -14,6 +14,12 @@ It runs on the API's event loop, so no operation scans every reservation: the le
 that leaves it (`Ledger.on_removed`), ended records are kept in the order they ended and forgotten from the
 front, and the queues are short (MAX_WAITING_PER_GPU). At most `max_outstanding` reservations (waiting,
 granted or allocated) exist at once; one more is refused with `too_many_reservations` (429).
+
+Per client, too: a client (`ReservationRequest.client`, set by the API from who is calling: the peer's pid on
+the Unix socket, its address on TCP, plus the optional `client` name of the body) keeps at most
+`max_per_client` outstanding and `max_waiting_per_client` waiting, so one client that never releases cannot
+take the whole book (429 `too_many_reservations_for_client`). A client that names itself differently on
+every request escapes its own cap, not the global ones.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ MAX_RECORDS = 10_000
 MAX_OUTSTANDING = 4_096  # waiting, granted and allocated API reservations at once, over all GPUs and clients
 MAX_BYTES = 2**63 - 1  # what NVML can express; anything larger is a bad request, not a refusal
 MAX_GPU_INDEX = 1_023
+MAX_PER_CLIENT = 1_024  # outstanding (waiting, granted, allocated) for one client: a quarter of the book
+MAX_WAITING_PER_CLIENT = 64  # waiting in the queues, over all GPUs, for one client
+MAX_CLIENT_CHARS = 200
 
 
 class ReservationState(enum.StrEnum):
@@ -116,6 +125,27 @@ class TooManyReservations(VramError):
         )
 
 
+class TooManyForClient(VramError):
+    """One client holds (or waits for) as many reservations as one client may."""
+
+    code = "too_many_reservations_for_client"
+    retriable = True
+    http_status = 429
+
+    def __init__(self, client: str, count: int, limit: int, *, waiting: bool) -> None:
+        what = "waiting in the queues" if waiting else "outstanding"
+        super().__init__(
+            f"client {client} has {count} reservations {what}, the most one client may have",
+            details={"client": client, what.split()[0]: count, "limit": limit},
+            suggestions=[
+                "Release reservations you no longer need (DELETE /v1/reservations/{id}), or mark them "
+                "allocated; ones not allocated expire after their ttl_s",
+                "Retry later",
+            ],
+            retry_after_s=RETRY_AFTER_OUTSTANDING_S,
+        )
+
+
 @dataclass(frozen=True)
 class ReservationRequest:
     """A validated `POST /v1/reservations` body."""
@@ -125,6 +155,7 @@ class ReservationRequest:
     holder: str
     ttl_s: float
     wait_s: float  # 0: answer at once
+    client: str = ""  # who asks (the body's optional `client`; the API puts the peer in front)
 
 
 @dataclass(frozen=True)
@@ -143,6 +174,7 @@ class ApiReservation:
     granted_at: float | None = None
     ended_at: float | None = None
     available_bytes_at_end: int | None = None  # for a timed-out wait: what was available then
+    client: str = ""
 
     def to_json(self, now: float, position: int | None = None) -> dict[str, Any]:
         expires_in = None
@@ -163,6 +195,7 @@ class ApiReservation:
             if self.wait_until is not None and self.state == ReservationState.WAITING
             else None,
             "expires_in_s": expires_in,
+            "client": self.client,
         }
 
 
@@ -175,7 +208,7 @@ def parse_reservation_request(
     Raises InvalidInput naming the field, the value and what was expected: a size that could never fit on
     the GPU (over its total) is a bad request, not a retriable refusal.
     """
-    allowed = {"gpu", "bytes", "holder", "ttl_s", "wait_s"}
+    allowed = {"gpu", "bytes", "holder", "ttl_s", "wait_s", "client"}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidInput(
@@ -225,7 +258,21 @@ def parse_reservation_request(
         )
     ttl_s = _seconds(body, "ttl_s", DEFAULT_TTL_S, minimum_exclusive=0.0, maximum=MAX_TTL_S)
     wait_s = _seconds(body, "wait_s", 0.0, minimum_exclusive=None, maximum=MAX_WAIT_S)
-    return ReservationRequest(gpu=gpu, nbytes=nbytes, holder=holder, ttl_s=ttl_s, wait_s=wait_s)
+    client = body.get("client")
+    if client is not None and (
+        not isinstance(client, str)
+        or not client.strip()
+        or len(client) > MAX_CLIENT_CHARS
+        or not client.isprintable()
+    ):
+        raise InvalidInput(
+            f"client: expected a printable name of 1 to {MAX_CLIENT_CHARS} characters, got {_short(client)}",
+            field_name="client",
+            value=_short(client),
+        )
+    return ReservationRequest(
+        gpu=gpu, nbytes=nbytes, holder=holder, ttl_s=ttl_s, wait_s=wait_s, client=client or ""
+    )
 
 
 def parse_seconds(raw: str, name: str, maximum: float) -> float:
@@ -287,11 +334,17 @@ class ReservationBook:
         clock: Callable[[], float] = time.monotonic,
         max_waiting_per_gpu: int = MAX_WAITING_PER_GPU,
         max_outstanding: int = MAX_OUTSTANDING,
+        max_per_client: int = MAX_PER_CLIENT,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
     ) -> None:
         self._ledgers = ledgers
         self._clock = clock
         self._max_waiting = max_waiting_per_gpu
         self._max_outstanding = max_outstanding
+        self._max_per_client = max_per_client
+        self._max_waiting_per_client = max_waiting_per_client
+        self._open_by_client: collections.Counter[str] = collections.Counter()
+        self._waiting_by_client: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._records: dict[str, ApiReservation] = {}
         self._queues: dict[int, list[str]] = {}
@@ -315,6 +368,9 @@ class ReservationBook:
             self._refresh_locked(now)
             if len(self._open) >= self._max_outstanding:
                 raise TooManyReservations(len(self._open))
+            mine = self._open_by_client[req.client]
+            if mine >= self._max_per_client:
+                raise TooManyForClient(req.client, mine, self._max_per_client, waiting=False)
             queue = self._queues.setdefault(req.gpu, [])
             if not queue and (req.wait_s <= 0 or ledger.available_bytes() >= req.nbytes):
                 try:
@@ -334,6 +390,7 @@ class ReservationBook:
                         wait_until=None,
                         ledger_id=granted.id,
                         granted_at=now,
+                        client=req.client,
                     )
                     self._store_locked(record)
                     return record
@@ -341,6 +398,9 @@ class ReservationBook:
                 raise self._queued_ahead_locked(req, len(queue))
             if len(queue) >= self._max_waiting:
                 raise QueueFull(req.gpu, len(queue))
+            waiting = self._waiting_by_client[req.client]
+            if waiting >= self._max_waiting_per_client:
+                raise TooManyForClient(req.client, waiting, self._max_waiting_per_client, waiting=True)
             record = ApiReservation(
                 id=uuid.uuid4().hex,
                 gpu=req.gpu,
@@ -350,6 +410,7 @@ class ReservationBook:
                 state=ReservationState.WAITING,
                 created_at=now,
                 wait_until=now + req.wait_s,
+                client=req.client,
             )
             self._store_locked(record)
             queue.append(record.id)
@@ -503,10 +564,16 @@ class ReservationBook:
         return ledger
 
     def _store_locked(self, record: ApiReservation) -> None:
-        """Record a new or changed reservation; keeps the open, ended and ledger-id indexes in step."""
+        """Record a new or changed reservation; keeps the open, ended, ledger-id and per-client indexes in
+        step."""
+        old = self._records.get(record.id)
+        was_waiting = old is not None and old.state == ReservationState.WAITING
+        if was_waiting != (record.state == ReservationState.WAITING):
+            self._count_locked(self._waiting_by_client, record.client, -1 if was_waiting else 1)
         self._records[record.id] = record
         if record.state in ENDED:
-            self._open.pop(record.id, None)
+            if self._open.pop(record.id, 0) is None:  # it was open: one fewer for its client
+                self._count_locked(self._open_by_client, record.client, -1)
             if record.ledger_id is not None:
                 self._by_ledger_id.pop(record.ledger_id, None)
             self._ended[record.id] = record.ended_at if record.ended_at is not None else self._clock()
@@ -515,9 +582,17 @@ class ReservationBook:
                 del self._ended[oldest]
                 del self._records[oldest]
             return
-        self._open.setdefault(record.id, None)
+        if record.id not in self._open:
+            self._open[record.id] = None
+            self._open_by_client[record.client] += 1
         if record.ledger_id is not None:
             self._by_ledger_id[record.ledger_id] = record.id
+
+    @staticmethod
+    def _count_locked(counter: collections.Counter[str], client: str, delta: int) -> None:
+        counter[client] += delta
+        if counter[client] <= 0:
+            del counter[client]  # forgotten clients cost nothing
 
     def _refresh_locked(self, now: float) -> None:
         """Apply what happened since the last look: queue timeouts and admissions, reservations the ledger

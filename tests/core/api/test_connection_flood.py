@@ -1,9 +1,11 @@
-"""A real daemon process with a low open-file limit (128), flooded with 150 sockets that send nothing: the
-API must stay reachable (an authenticated /v1/evict answers within the connection deadline), and repeated
-errors must not flood the log."""
+"""A real daemon process with a low open-file limit (128), flooded with 150 TCP sockets that send nothing: the
+TCP listener keeps at most its cap of connections and answers the rest at once with a 503 problem (so the
+descriptors come back), the Unix socket (the CLI's channel) answers an /v1/evict at once during the flood,
+TCP answers again once the silent sockets hit their deadline, and repeated errors do not flood the log."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -11,10 +13,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-from app.core.api.server import KEEPALIVE_S
+from app.core.api.server import KEEPALIVE_S, connection_caps
 from app.core.gpu.simulated import ManualClock
 from app.core.logs import BURST, RepeatLimiter
 
@@ -35,17 +38,41 @@ runtime.stop()
 """
 
 
-def test_150_silent_sockets_do_not_make_the_api_unreachable(tmp_path: Path) -> None:
+class UnixHttp(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(self.path))
+
+
+def _answer(sock: socket.socket, within_s: float) -> bytes:
+    sock.settimeout(within_s)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def test_a_tcp_flood_is_capped_and_the_unix_socket_stays_reachable(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "VRAM_STEWARD_STATE_DIR": str(tmp_path / "state"),
         "VRAM_STEWARD_LOG_DIR": str(tmp_path / "log"),
         "VRAM_STEWARD_CONFIG_DIR": str(tmp_path / "config"),
+        "VRAM_STEWARD_RUNTIME_DIR": str(tmp_path / "run"),
     }
     daemon = subprocess.Popen(
         [sys.executable, "-c", DAEMON], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=REPO
     )
+    tcp_cap, _ = connection_caps(128, with_unix=True)
     sockets: list[socket.socket] = []
     try:
         assert daemon.stdout is not None
@@ -53,16 +80,35 @@ def test_150_silent_sockets_do_not_make_the_api_unreachable(tmp_path: Path) -> N
         token = (tmp_path / "state" / "api-token").read_text().strip()
         for _ in range(150):
             sockets.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(0.5)  # the daemon accepts what its descriptors allow; the rest wait in the backlog
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/evict", data=b"{}", method="POST")
-        req.add_header("Authorization", f"Bearer {token}")
-        req.add_header("Content-Type", "application/json")
         started = time.monotonic()
-        with opener.open(req, timeout=KEEPALIVE_S + 10) as resp:
-            assert resp.status == 200
-            assert json.loads(resp.read())["ok"] is True
-        assert time.monotonic() - started < KEEPALIVE_S + 5
+        refused = [a for a in (_answer(s, 0.05) for s in sockets) if a]
+        # the connections over the cap were answered at once (not left to time out) with a problem
+        assert len(refused) >= 150 - tcp_cap - 8, (len(refused), tcp_cap)
+        assert all(a.startswith(b"HTTP/1.1 503") for a in refused), refused[0][:200]
+        problem = json.loads(refused[0].partition(b"\r\n\r\n")[2])
+        assert problem["error"] == "too_many_connections" and problem["retry_after"] == 1
+        # the CLI's channel is not TCP: it answers during the flood, without the token
+        unix = UnixHttp(tmp_path / "run" / "api.sock")
+        unix.request("POST", "/v1/evict", body=b"{}", headers={"Content-Type": "application/json"})
+        answer = unix.getresponse()
+        assert answer.status == 200 and json.loads(answer.read())["ok"] is True
+        unix.close()
+        assert time.monotonic() - started < KEEPALIVE_S, "the Unix socket waited for the TCP flood"
+        # the silent TCP connections are closed at their deadline; then TCP serves again
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = started + KEEPALIVE_S + 10
+        while True:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/evict", data=b"{}", method="POST")
+            req.add_header("Authorization", f"Bearer {token}")
+            req.add_header("Content-Type", "application/json")
+            try:
+                with opener.open(req, timeout=5) as resp:
+                    assert resp.status == 200 and json.loads(resp.read())["ok"] is True
+                break
+            except urllib.error.HTTPError as exc:  # still full: told so, and when to retry
+                assert exc.code == 503 and time.monotonic() < deadline, exc.code
+                assert exc.headers["Retry-After"] == "1"
+                time.sleep(0.5)
     finally:
         for sock in sockets:
             sock.close()
@@ -75,6 +121,7 @@ def test_150_silent_sockets_do_not_make_the_api_unreachable(tmp_path: Path) -> N
             daemon.wait()
     log = (tmp_path / "log" / "vram-steward.log").read_text()
     assert len(log) < 200_000, f"{len(log)} bytes of log in a few seconds"
+    assert log.count("refusing new ones") <= BURST + 1  # one line per refused connection, rate-limited
     assert log.count("out of system resource") <= BURST + 1  # asyncio's accept error, once per try
 
 

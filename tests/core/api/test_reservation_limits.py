@@ -7,9 +7,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from app.core.gpu.simulated import ManualClock
 from app.core.residency.ledger import Ledgers
-from app.core.residency.reservations import ReservationBook, ReservationRequest
+from app.core.residency.reservations import (
+    MAX_OUTSTANDING,
+    ApiReservation,
+    ReservationBook,
+    ReservationRequest,
+    ReservationState,
+    TooManyForClient,
+)
 from app.core.units import GiB, MiB
 from tests.fixtures.api_server import ApiHandle
 
@@ -21,7 +30,7 @@ def _book() -> ReservationBook:
     clock = ManualClock()
     ledgers = Ledgers(headroom_bytes=lambda total: GiB, clock=clock)
     ledgers.for_gpu(0).observe(total_bytes=TOTAL, free_bytes=TOTAL, sampled_at=clock())
-    return ReservationBook(ledgers, clock=clock)
+    return ReservationBook(ledgers, clock=clock, max_per_client=MAX_OUTSTANDING)
 
 
 def _create_cost_s(book: ReservationBook, tries: int = 40) -> float:
@@ -79,3 +88,60 @@ def test_outstanding_reservations_are_capped_with_a_429_problem(api: ApiHandle) 
     assert problem["details"]["outstanding"] == 3 and "Retry-After" in headers
     assert api.call(f"/v1/reservations/{ids[0]}", method="DELETE")[0] == 200
     assert api.call("/v1/reservations", method="POST", body=body)[0] == 201  # room again
+
+
+def _client_book(**caps: int) -> ReservationBook:
+    clock = ManualClock()
+    ledgers = Ledgers(headroom_bytes=lambda total: GiB, clock=clock)
+    ledgers.for_gpu(0).observe(total_bytes=TOTAL, free_bytes=TOTAL, sampled_at=clock())
+    return ReservationBook(ledgers, clock=clock, **caps)
+
+
+def _ask(book: ReservationBook, client: str, *, nbytes: int = MiB, wait_s: float = 0.0) -> ApiReservation:
+    return book.request(
+        ReservationRequest(gpu=0, nbytes=nbytes, holder="h", ttl_s=600, wait_s=wait_s, client=client)
+    )
+
+
+def test_one_client_that_never_releases_cannot_take_the_whole_book() -> None:
+    book = _client_book(max_outstanding=10, max_per_client=4)
+    greedy = [_ask(book, "tcp:127.0.0.1") for _ in range(4)]
+    with pytest.raises(TooManyForClient) as caught:
+        _ask(book, "tcp:127.0.0.1")
+    assert caught.value.http_status == 429 and caught.value.retriable
+    assert caught.value.details == {"client": "tcp:127.0.0.1", "outstanding": 4, "limit": 4}
+    for other in ("unix:pid=42", "tcp:127.0.0.1/my-server"):  # others still get room
+        _ask(book, other)
+    book.release(greedy[0].id)  # a release gives the client its room back
+    _ask(book, "tcp:127.0.0.1")
+
+
+def test_one_client_cannot_fill_the_wait_queues() -> None:
+    book = _client_book(max_waiting_per_client=2)
+    _ask(book, "big", nbytes=TOTAL - GiB)  # everything admissible is taken: the rest must wait
+    waiting = [_ask(book, "patient", wait_s=60) for _ in range(2)]
+    assert all(r.state == ReservationState.WAITING for r in waiting)
+    with pytest.raises(TooManyForClient) as caught:
+        _ask(book, "patient", wait_s=60)
+    assert caught.value.details == {"client": "patient", "waiting": 2, "limit": 2}
+    assert _ask(book, "another", wait_s=60).state == ReservationState.WAITING
+    book.release(waiting[0].id)  # cancelled: no longer waiting
+    assert _ask(book, "patient", wait_s=60).state == ReservationState.WAITING
+
+
+def test_the_per_client_cap_through_the_api_names_the_client(api: ApiHandle) -> None:
+    runtime_api = api.runtime.api
+    assert runtime_api is not None
+    runtime_api.reservations = ReservationBook(api.steward.ledgers, clock=api.steward.clock, max_per_client=2)
+    body = {"gpu": 0, "bytes": 1024, "holder": "flood", "ttl_s": 60}
+    for _ in range(2):
+        assert api.call("/v1/reservations", method="POST", body=body)[0] == 201
+    status, headers, problem = api.call("/v1/reservations", method="POST", body=body)
+    assert status == 429 and "Retry-After" in headers
+    assert problem["error"] == "too_many_reservations_for_client"
+    assert problem["details"]["client"] == "tcp:127.0.0.1"
+    # a client that names itself is counted apart from the others on its address
+    status, _, made = api.call("/v1/reservations", method="POST", body={**body, "client": "my-server"})
+    assert status == 201 and made["client"] == "tcp:127.0.0.1/my-server"
+    status, _, problem = api.call("/v1/reservations", method="POST", body={**body, "client": "\u0000"})
+    assert status == 400 and problem["details"]["field"] == "client"
