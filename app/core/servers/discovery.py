@@ -4,7 +4,8 @@
 Rules: only loopback is ever probed (127.0.0.1; `discover` refuses any other host); a probe is one GET with a
 deadline on the whole exchange (connect, headers, body) and a size cap; a port where nothing listens costs
 one refused connect; a port whose listener stays silent is given up after its first probe. Apps already in a
-`[[servers]]` entry are not reported again.
+`[[servers]]` entry are not offered again; `include_managed` lists them too, marked managed (what
+`vram-steward discover` and `GET /v1/discovered` show).
 
 Default ports, from each app's own documentation or source:
 - Ollama 11434: ollama/docs/faq.md ("Ollama binds 127.0.0.1 port 11434 by default"); `GET /` answers
@@ -45,7 +46,7 @@ from typing import Any
 from app.core.events import AppFound
 from app.core.gpu.backend import GpuBackend
 from app.core.loopback import is_loopback
-from app.core.servers.runners import RunnerProcess
+from app.core.servers.runners import RunnerProcess, app_processes
 from app.core.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -156,12 +157,13 @@ KNOWN_APPS: tuple[AppProbe, ...] = (
 
 @dataclass(frozen=True)
 class FoundApp:
-    """An app that answered as itself on a loopback port and is not in the settings yet."""
+    """An app that answered as itself on a loopback port; `managed`: a `[[servers]]` entry names its port."""
 
     kind: str
     display_name: str
     url: str
     port: int
+    managed: bool = False
 
     def event(self, at: float) -> AppFound:
         """The event that offers it to the user (a notification with "Manage it", the dashboard)."""
@@ -172,6 +174,29 @@ class FoundApp:
     def server_config(self) -> ServerConfig:
         """The `[[servers]]` entry that manages it."""
         return ServerConfig(kind=self.kind, url=self.url)
+
+
+@dataclass(frozen=True)
+class DiscoveredApp:
+    """What a discovery watcher found and when: for the API (`GET /v1/discovered`) and the dashboard.
+    `managed` is as of the moment it is asked (an app accepted since it was found is managed)."""
+
+    kind: str
+    display_name: str
+    url: str
+    port: int
+    managed: bool
+    found_at: float  # wall clock (Unix seconds): when this run of finding it began
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.display_name,
+            "url": self.url,
+            "port": self.port,
+            "managed": self.managed,
+            "found_at": self.found_at,
+        }
 
 
 class ProbeFailed(Exception):
@@ -217,6 +242,11 @@ def probe(host: str, port: int, path: str, *, timeout_s: float = PROBE_TIMEOUT_S
     return Answer(status, body)
 
 
+def _url_host(host: str) -> str:
+    """An IPv6 address in brackets, as a URL writes it."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _listening(host: str, port: int, timeout_s: float) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
@@ -225,14 +255,22 @@ def _listening(host: str, port: int, timeout_s: float) -> bool:
         return False
 
 
+def _loopback_port(config: ServerConfig) -> int | None:
+    """The port of an entry's loopback URL (None: no URL, another host, or no port)."""
+    with contextlib.suppress(ValueError):
+        parts = urllib.parse.urlsplit(config.url)
+        if parts.hostname and is_loopback(parts.hostname) and parts.port:
+            return parts.port
+    return None
+
+
 def _configured_ports(configured: Iterable[ServerConfig]) -> set[int]:
-    ports: set[int] = set()
-    for config in configured:
-        with contextlib.suppress(ValueError):
-            parts = urllib.parse.urlsplit(config.url)
-            if parts.hostname and is_loopback(parts.hostname) and parts.port:
-                ports.add(parts.port)
-    return ports
+    return {port for config in configured if (port := _loopback_port(config)) is not None}
+
+
+def is_managed(app: FoundApp, configured: Iterable[ServerConfig]) -> bool:
+    """Whether a `[[servers]]` entry already names the loopback port the app answered on."""
+    return app.port in _configured_ports(configured)
 
 
 ProcessPorts = Callable[[], dict[str, set[int]]]
@@ -252,7 +290,38 @@ def app_process_ports() -> dict[str, set[int]]:
         ports = {p.port for p in found if p.port is not None}
         if ports:
             out[kind] = ports
+    try:
+        routers = llama_server_router_ports()
+    except Exception:
+        logger.debug("listing llama-server processes failed", exc_info=True)
+        routers = set()
+    if routers:
+        out.setdefault("llama_cpp", set()).update(routers)
     return out
+
+
+def _is_llama_server(name: str, cmdline: tuple[str, ...]) -> bool:
+    return name.replace("\\", "/").rsplit("/", 1)[-1].lower().startswith("llama-server")
+
+
+def llama_server_router_ports() -> set[int]:
+    """The `--port`s of the `llama-server` processes that no other llama-server started: routers (and lone
+    servers), not the per-model instances a router starts on ports of its own (the adapter's runner finder
+    lists only those instances, without a port)."""
+    import psutil
+
+    ports: set[int] = set()
+    for process in app_processes(_is_llama_server):
+        if process.port is None:
+            continue
+        try:
+            parent = psutil.Process(process.pid).parent()
+            if parent is not None and _is_llama_server(parent.name(), ()):
+                continue  # an instance of a router
+        except psutil.Error:
+            continue
+        ports.add(process.port)
+    return ports
 
 
 def discover(
@@ -262,25 +331,44 @@ def discover(
     host: str = "127.0.0.1",
     timeout_s: float = PROBE_TIMEOUT_S,
     process_ports: ProcessPorts | None = app_process_ports,
+    include_managed: bool = False,
+    extra_ports: Iterable[int] = (),
 ) -> list[FoundApp]:
-    """The known apps answering on loopback that no `[[servers]]` entry names yet. Blocks for at most about
-    (listening ports x probes on them x timeout_s): run it off the engine thread."""
+    """The known apps answering on loopback that no `[[servers]]` entry names yet; with `include_managed`,
+    also those an entry names (marked `managed`; each entry's loopback port is asked as its kind first).
+    `extra_ports` are asked as every known app (`vram-steward discover --port`).
+    Blocks for at most about (listening ports x probes on them x timeout_s): run it off the engine thread."""
     if not is_loopback(host):
         raise ValueError(f"discovery probes loopback only, not {host!r}")
     candidates: dict[int, list[AppProbe]] = {}
     for app in probes:
         candidates.setdefault(app.port, []).append(app)
+    for port in extra_ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"not a TCP port: {port}")
+        listed = candidates.setdefault(port, [])
+        listed.extend([app for app in probes if app not in listed])
+    by_kind = {app.kind: app for app in probes}
+
+    def ask_first(kind: str, port: int) -> None:
+        known = by_kind.get("a1111" if kind == "forge" else kind)
+        if known is not None and known not in candidates.setdefault(port, []):
+            candidates[port].insert(0, known)
+
     if process_ports is not None:
-        by_kind = {app.kind: app for app in probes}
         for kind, ports in process_ports().items():
-            known = by_kind.get("a1111" if kind == "forge" else kind)
             for port in ports:
-                if known is not None and known not in candidates.setdefault(port, []):
-                    candidates[port].insert(0, known)  # the process said which app it is: ask that first
-    skip = _configured_ports(configured)
+                ask_first(kind, port)  # the process said which app it is: ask that first
+    managed_ports = _configured_ports(configured)
+    if include_managed:
+        for config in configured:
+            entry_port = _loopback_port(config)
+            if entry_port is not None:
+                ask_first(config.kind, entry_port)  # the entry says which app it is
     found: list[FoundApp] = []
     for port, apps in candidates.items():
-        if port in skip or not _listening(host, port, timeout_s):
+        managed = port in managed_ports
+        if (managed and not include_managed) or not _listening(host, port, timeout_s):
             continue
         for app in apps:
             try:
@@ -291,25 +379,33 @@ def discover(
                     break  # a silent listener answers no one: do not wait on it again
                 continue
             if app.identify(answer):
-                found.append(FoundApp(app.kind, app.display_name, f"http://{host}:{port}", port))
+                url = f"http://{_url_host(host)}:{port}"
+                found.append(FoundApp(app.kind, app.display_name, url, port, managed))
                 break
     return found
 
 
+def discover_all(configured: Collection[ServerConfig]) -> list[FoundApp]:
+    """`discover`, managed apps included: what a watcher runs."""
+    return discover(configured, include_managed=True)
+
+
 class DiscoveryWatcher:
     """Runs `discover` on its own daemon thread: at start, every DISCOVERY_INTERVAL_S, and soon after a new
-    compute process appears in NVML (never more often than MIN_GAP_S). Each app found for the first time is
-    handed to the subscribers (on this thread); nothing here touches the engine."""
+    compute process appears in NVML (never more often than MIN_GAP_S). Each app found for the first time that
+    no entry manages is handed to the subscribers (on this thread); nothing here touches the engine.
+    `discovered()` lists everything the last run found, managed or not (the API and the dashboard)."""
 
     def __init__(
         self,
         configured: Callable[[], Collection[ServerConfig]],
         *,
         compute_pids: Callable[[], set[int]] | None = None,
-        discover_fn: Callable[[Collection[ServerConfig]], list[FoundApp]] = discover,
+        discover_fn: Callable[[Collection[ServerConfig]], list[FoundApp]] = discover_all,
         interval_s: float = DISCOVERY_INTERVAL_S,
         check_s: float = NEW_PROCESS_CHECK_S,
         min_gap_s: float = MIN_GAP_S,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._configured = configured
         self._compute_pids = compute_pids
@@ -317,9 +413,13 @@ class DiscoveryWatcher:
         self._interval_s = interval_s
         self._check_s = check_s
         self._min_gap_s = min_gap_s
+        self._wall_clock = wall_clock
         self._subscribers: list[Callable[[FoundApp], None]] = []
         self._reported: set[tuple[str, str]] = set()
         self._found: tuple[FoundApp, ...] = ()
+        self._all: tuple[FoundApp, ...] = ()  # the last run's, managed ones too
+        self._first_found: dict[tuple[str, str], float] = {}  # (kind, url) -> when, while it keeps answering
+        self._last_run_at: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -341,6 +441,33 @@ class DiscoveryWatcher:
         """What the last run found (apps not configured yet)."""
         return self._found
 
+    @property
+    def last_run_at(self) -> float | None:
+        """When the last run began (wall clock, Unix seconds); None before the first."""
+        return self._last_run_at
+
+    def discovered(self) -> tuple[DiscoveredApp, ...]:
+        """Every app the last run found, managed ones too, with when it was first found (in the streak of
+        runs that kept finding it); `managed` against the settings now. Safe from any thread."""
+        with self._lock:
+            found, first = self._all, dict(self._first_found)
+        configured = self._configured()
+        return tuple(
+            DiscoveredApp(
+                kind=app.kind,
+                display_name=app.display_name,
+                url=app.url,
+                port=app.port,
+                managed=is_managed(app, configured),
+                found_at=first.get((app.kind, app.url), 0.0),
+            )
+            for app in found
+        )
+
+    def report(self) -> dict[str, Any]:
+        """`discovered()` as JSON, with when the last run began: what `GET /v1/discovered` answers."""
+        return {"last_run_at": self._last_run_at, "apps": [app.to_json() for app in self.discovered()]}
+
     def subscribe(self, on_found: Callable[[FoundApp], None]) -> None:
         with self._lock:
             self._subscribers.append(on_found)
@@ -355,14 +482,23 @@ class DiscoveryWatcher:
             self._thread.join(timeout_s)
 
     def run_once(self) -> list[FoundApp]:
-        """One discovery now (on the calling thread); returns and reports what is new."""
+        """One discovery now (on the calling thread); returns and reports what is new and not managed."""
+        started = self._wall_clock()
         try:
-            found = self._discover(self._configured())
+            configured = self._configured()
+            found = self._discover(configured)
         except Exception:
             logger.exception("discovering apps failed")
             return []
-        self._found = tuple(found)
-        new = [f for f in found if (f.kind, f.url) not in self._reported]
+        unmanaged = [f for f in found if not f.managed and not is_managed(f, configured)]
+        with self._lock:
+            self._all = tuple(found)
+            self._first_found = {
+                key: self._first_found.get(key, started) for key in ((f.kind, f.url) for f in found)
+            }
+            self._last_run_at = started
+        self._found = tuple(unmanaged)
+        new = [f for f in unmanaged if (f.kind, f.url) not in self._reported]
         for app in new:
             self._reported.add((app.kind, app.url))
             logger.info("found %s at %s (not managed yet)", app.display_name, app.url)

@@ -18,16 +18,9 @@ from app.core.config import add_server, load_settings
 from app.core.notify.text import MANAGE_APP_PREFIX, notification_for
 from app.core.servers.discovery import KNOWN_APPS, DiscoveryWatcher, discover, probe
 from app.core.settings import ServerConfig
+from tests.fixtures.servers import answers
+from tests.fixtures.servers.answers import Answers
 from tests.fixtures.servers.standin import GARBAGE, Reply, StandInServer
-
-
-class Answers(StandInServer):
-    def __init__(self, routes: dict[str, Reply]) -> None:
-        self.routes = routes
-        super().__init__()
-
-    def route(self, method: str, path: str, body: Any, headers: dict[str, str]) -> Reply:
-        return self.routes.get(path, Reply.json({"detail": "Not Found"}, 404))
 
 
 def table(**ports: int) -> list[Any]:
@@ -136,3 +129,94 @@ def test_the_watcher_thread_runs_off_the_callers_thread() -> None:
     assert time.monotonic() - started < 0.1  # start() returns at once
     assert ran.wait(2)
     watcher.close()
+
+
+def test_managed_apps_are_listed_as_managed_when_asked(servers: list[StandInServer]) -> None:
+    comfy, ollama = answers.comfyui(), answers.ollama()
+    servers += [comfy, ollama]
+    probes = table(comfyui=comfy.port, ollama=ollama.port)
+    configured = [ServerConfig(kind="ollama", url=f"http://localhost:{ollama.port}")]
+    found = discover(configured, probes=probes, process_ports=None, include_managed=True)
+    assert {(f.kind, f.port, f.managed) for f in found} == {
+        ("comfyui", comfy.port, False),
+        ("ollama", ollama.port, True),
+    }
+
+
+def test_an_entry_on_a_port_of_its_own_is_asked_as_its_kind(servers: list[StandInServer]) -> None:
+    kobold = answers.koboldcpp()
+    servers.append(kobold)
+    configured = [ServerConfig(kind="koboldcpp", url=kobold.url)]
+    found = discover(configured, probes=table(koboldcpp=1), process_ports=None, include_managed=True)
+    assert [(f.kind, f.port, f.managed) for f in found] == [("koboldcpp", kobold.port, True)]
+    assert kobold.count("GET") == 1  # asked as KoboldCpp first, and only that
+
+
+def test_extra_ports_are_asked_as_every_known_app(servers: list[StandInServer]) -> None:
+    comfy = answers.comfyui()
+    servers.append(comfy)
+    probes = table(ollama=1, comfyui=2)  # neither default port answers here
+    found = discover((), probes=probes, process_ports=None, extra_ports=[comfy.port])
+    assert [(f.kind, f.url) for f in found] == [("comfyui", f"http://127.0.0.1:{comfy.port}")]
+    with pytest.raises(ValueError, match="not a TCP port: 70000"):
+        discover((), probes=probes, process_ports=None, extra_ports=[70000])
+
+
+def test_the_watcher_reports_what_it_found_with_managed_as_of_now(servers: list[StandInServer]) -> None:
+    comfy, ollama = answers.comfyui(), answers.ollama()
+    servers += [comfy, ollama]
+    probes = table(comfyui=comfy.port, ollama=ollama.port)
+    settings: list[ServerConfig] = [ServerConfig(kind="ollama", url=ollama.url)]
+    now = [1000.0]
+    watcher = DiscoveryWatcher(
+        lambda: tuple(settings),
+        discover_fn=lambda configured: discover(
+            configured, probes=probes, process_ports=None, include_managed=True
+        ),
+        wall_clock=lambda: now[0],
+    )
+    offered: list[Any] = []
+    watcher.subscribe(offered.append)
+    assert watcher.report() == {"last_run_at": None, "apps": []}
+    watcher.run_once()
+    assert [a.kind for a in offered] == ["comfyui"]  # the managed Ollama is not offered
+    assert [a.kind for a in watcher.found] == ["comfyui"]
+    report = watcher.report()
+    assert report["last_run_at"] == 1000.0
+    assert sorted(report["apps"], key=lambda a: a["port"]) == sorted(
+        [
+            {
+                "kind": "comfyui",
+                "name": "ComfyUI",
+                "url": comfy.url,
+                "port": comfy.port,
+                "managed": False,
+                "found_at": 1000.0,
+            },
+            {
+                "kind": "ollama",
+                "name": "Ollama",
+                "url": ollama.url,
+                "port": ollama.port,
+                "managed": True,
+                "found_at": 1000.0,
+            },
+        ],
+        key=lambda a: a["port"],
+    )
+    # "Manage it" on ComfyUI: managed from that moment on, still found when it was first found
+    settings.append(ServerConfig(kind="comfyui", url=comfy.url))
+    now[0] = 1300.0
+    assert {a.kind: a.managed for a in watcher.discovered()} == {"comfyui": True, "ollama": True}
+    watcher.run_once()
+    assert {a.kind: a.found_at for a in watcher.discovered()} == {"comfyui": 1000.0, "ollama": 1000.0}
+    # an app that stops answering leaves the list; found again, it is new
+    comfy.stop()
+    now[0] = 1600.0
+    watcher.run_once()
+    assert [a.kind for a in watcher.discovered()] == ["ollama"]
+    comfy.start()
+    now[0] = 1900.0
+    watcher.run_once()
+    assert {a.kind: a.found_at for a in watcher.discovered()} == {"comfyui": 1900.0, "ollama": 1000.0}
+    assert [a.kind for a in offered] == ["comfyui"]  # never offered twice

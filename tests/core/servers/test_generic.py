@@ -1,9 +1,11 @@
 """The `command` and `systemd` holders with real processes: a stand-in app (a Python script) started and
 stopped by real command lines; its VRAM on the simulated GPU while it lives (the stand-in NVML below).
 
-systemd: no private `systemd --user` can run in this container (no systemd as PID 1, no user bus), so the
-systemd holder is driven through a fake `systemctl` executable that records its calls and starts/stops a
-real process in a fake cgroup folder. A real unit was NOT tested.
+systemd: a real `systemd --user` cannot run on the test machines: PID 1 is not systemd, and the user manager
+refuses to start ("not booted with systemd"); tricked past that in a private mount namespace, it moves every
+process of the machine into its init.scope (docs/servers.md). So the systemd holder is driven through a fake
+`systemctl` executable that records its calls and starts/stops a real process in a fake cgroup folder.
+A real unit was NOT tested.
 """
 
 from __future__ import annotations
