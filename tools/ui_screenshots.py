@@ -17,7 +17,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,11 +51,13 @@ def main(out: Path) -> int:
 
 
 def shoot(out: Path) -> int:
+    from argparse import Namespace
+
     from PySide6.QtCore import QPoint
     from PySide6.QtGui import QCursor, QGuiApplication
     from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
-    from app.cli.gui import make_steward_app
+    from app.cli.gui import choose_backend, make_steward_app
     from app.core.config import Settings
     from app.core.wiring import build_runtime
 
@@ -70,7 +74,8 @@ def shoot(out: Path) -> int:
 
     settings = Settings()
     runtime = build_runtime(settings, simulate="game-launch", clock=clock, with_api=False, audit=False)
-    notices = ["No NVIDIA GPU found: running a simulation (scenario game-launch)."]
+    # what `vram-steward gui --simulate game-launch` really shows: short in the tray, whole in the dashboard
+    notices = choose_backend(Namespace(simulate="game-launch"))
     app = make_steward_app(runtime, settings, None, notices=notices, clock=clock)
     out.mkdir(parents=True, exist_ok=True)
     screen = QGuiApplication.primaryScreen()
@@ -114,16 +119,74 @@ def shoot(out: Path) -> int:
     save("notification.png", trimmed(screen.grabWindow(0).toImage(), QRect(*NOTIFICATION_AREA)))
     app.popup.hide()
 
-    app.dashboard.tabs.setCurrentIndex(0)
+    app.dashboard.tabs.setCurrentWidget(app.dashboard.processes)
     app.show_dashboard()
     save("dashboard-processes.png", app.dashboard.frameGeometry())
 
     wait_for(185.0)  # the game ended, the cooldown passed, the model came back
-    app.dashboard.tabs.setCurrentIndex(2)
+    app.dashboard.tabs.setCurrentWidget(app.dashboard.events)
     app.show_dashboard()
     save("dashboard.png", app.dashboard.frameGeometry())
+    shoot_an_hour_dark_and_settings(app, save)
     app.quit()
     return 0
+
+
+def shoot_an_hour_dark_and_settings(app: Any, save: Callable[..., None]) -> None:
+    """The dashboard over an hour of a simulated evening (the real engine run on tools/simulated_hour.py's
+    scenario, a second at a time), the same in a dark palette, and the settings dialog with an error."""
+    from PySide6.QtCore import QEvent, QPointF, Qt
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    from tools.simulated_hour import fill_history, simulated_hour
+
+    fill_history(app.history, simulated_hour(app.settings))
+    app.dashboard.tabs.setCurrentWidget(app.dashboard.holders)
+    app.show_dashboard()
+    app.dashboard.timeline.refresh()
+    timeline = app.dashboard.timeline
+    _, area = timeline._bands()[0]
+    at = QPointF(area.left() + area.width() * 0.62, area.center().y())  # during the game
+    move = QMouseEvent(
+        QEvent.Type.MouseMove, at, timeline.mapToGlobal(at), Qt.MouseButton.NoButton,
+        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+    )  # fmt: skip
+    QApplication.sendEvent(timeline, move)
+    save("dashboard-hour.png", app.dashboard.frameGeometry())
+    qt = QApplication.instance()
+    assert isinstance(qt, QApplication)
+    light = qt.palette()
+    qt.setPalette(dark_palette())
+    app.dashboard.tabs.setCurrentWidget(app.dashboard.processes)
+    save("dashboard-dark.png", app.dashboard.frameGeometry())
+    qt.setPalette(light)
+    app.show_settings()
+    dialog = app.settings_dialog
+    dialog.move(60, 60)
+    dialog.editors["reserved_system_vram"].setText("lots")
+    dialog.save()
+    save("settings-error.png", dialog.frameGeometry())
+    dialog.reject()
+
+
+def dark_palette() -> Any:
+    """A dark desktop theme's palette (what Breeze Dark or Adwaita-dark hand a Qt app)."""
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    colours = {
+        QPalette.ColorRole.Window: "#202124", QPalette.ColorRole.WindowText: "#e8eaed",
+        QPalette.ColorRole.Base: "#17181a", QPalette.ColorRole.AlternateBase: "#26282b",
+        QPalette.ColorRole.Text: "#e8eaed", QPalette.ColorRole.Button: "#303134",
+        QPalette.ColorRole.ButtonText: "#e8eaed", QPalette.ColorRole.Mid: "#5f6368",
+        QPalette.ColorRole.Highlight: "#8ab4f8", QPalette.ColorRole.HighlightedText: "#202124",
+        QPalette.ColorRole.ToolTipBase: "#303134", QPalette.ColorRole.ToolTipText: "#e8eaed",
+        QPalette.ColorRole.PlaceholderText: "#9aa0a6",
+    }  # fmt: skip
+    for role, colour in colours.items():
+        palette.setColor(role, QColor(colour))
+    return palette
 
 
 def trimmed(image: QImage, area: QRect, margin: int = 6) -> QRect:

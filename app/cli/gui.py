@@ -1,7 +1,11 @@
 """`vram-steward gui [--simulate SCENARIO]` (also what `vram-steward` with no command runs): the tray app.
 
 With no display at all it does not touch Qt (Qt aborts the process when it cannot reach a display): it says
-so and runs the headless daemon instead. With no NVIDIA GPU it runs a simulation and says so.
+so and runs the headless daemon instead. With no NVIDIA GPU it runs a simulation and says so. A settings
+file that does not load starts the app on the defaults, with the red icon and a window naming each problem.
+
+Standing conditions are notices (app.ui.presenter.Notice): a short line for the tray ("Simulation: no
+NVIDIA GPU", "Control API off: port 8765 busy") and the whole story for the dashboard and the terminal.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import sys
@@ -16,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import load_settings_or_exit
+from app.ui.presenter import Notice
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +103,25 @@ def simulation_scenario() -> str:
     return names[0] if names else SIMULATION_SCENARIOS[0]
 
 
-def choose_backend(args: argparse.Namespace) -> list[str]:
+def choose_backend(args: argparse.Namespace) -> list[Notice]:
     """Sets args.simulate when there is no NVIDIA GPU; returns the notices to show."""
     if getattr(args, "simulate", None):
-        return [f"Simulation: scenario {args.simulate} (no real GPU is touched)."]
+        return [
+            Notice(
+                "Simulation: no real GPU touched",
+                f"Simulation: scenario {args.simulate} (no real GPU is touched).",
+            )
+        ]
     problem = gpu_problem()
     if problem is None:
         return []
     args.simulate = simulation_scenario()
-    return [f"No NVIDIA GPU found: running a simulation (scenario {args.simulate}). {problem}"]
+    return [
+        Notice(
+            "Simulation: no NVIDIA GPU",
+            f"No NVIDIA GPU found: running a simulation (scenario {args.simulate}). {problem}",
+        )
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{reason.rstrip('.')}. Running the headless daemon instead.", flush=True)
         from app.cli.daemon import run_daemon
 
-        return run_daemon(args, notice="\n".join(notices) or None)
+        return run_daemon(args, notice="\n".join(n.detail for n in notices) or None)
     return run_gui(args)
 
 
@@ -136,7 +151,7 @@ def run_gui(args: argparse.Namespace) -> int:
 
     # Before loading: on the first run this writes the commented default file, which is then loaded.
     welcome = take_first_run_notice() if getattr(args, "config", None) is None else None
-    settings = load_settings_or_exit(args)
+    settings, settings_problems = load_settings_or_defaults(args)
     app = QApplication.instance() or QApplication(["vram-steward"])
     assert isinstance(app, QApplication)
     app.setApplicationName("vram-steward")
@@ -157,9 +172,29 @@ def run_gui(args: argparse.Namespace) -> int:
         show_cannot_start(exc)
         return 1
     try:
-        return _run_tray(app, args, settings, welcome, SingleInstance)
+        return _run_tray(app, args, settings, welcome, SingleInstance, settings_problems)
     finally:
         lock.release()
+
+
+def load_settings_or_defaults(args: argparse.Namespace) -> tuple[Any, tuple[str, ...]]:
+    """The settings, or the defaults and each problem of a file that does not load (the tray app then
+    starts anyway: red icon, a window naming the problems; the file is never overwritten)."""
+    from app.core.config import load_settings
+    from app.core.errors import VramError
+    from app.core.paths import default_config_file
+    from app.core.settings import Settings
+    from app.ui.settings_problems import problems_of
+
+    path = getattr(args, "config", None)
+    try:
+        return load_settings(path), ()
+    except VramError as exc:
+        problems = problems_of(exc)
+        where = Path(path) if path is not None else default_config_file()
+        print(f"error: {exc.user_message()}", file=sys.stderr, flush=True)
+        logger.error("the settings file %s does not load; running with the defaults", where)
+        return Settings(source=where), problems
 
 
 def show_cannot_start(exc: Any) -> None:
@@ -176,7 +211,14 @@ def show_cannot_start(exc: Any) -> None:
     box.exec()
 
 
-def _run_tray(app: Any, args: argparse.Namespace, settings: Any, welcome: str | None, single: Any) -> int:
+def _run_tray(
+    app: Any,
+    args: argparse.Namespace,
+    settings: Any,
+    welcome: str | None,
+    single: Any,
+    settings_problems: tuple[str, ...] = (),
+) -> int:
     instance = single()
     instance.listen()
 
@@ -185,11 +227,13 @@ def _run_tray(app: Any, args: argparse.Namespace, settings: Any, welcome: str | 
     if runtime is None:
         return 2
     config_path = getattr(args, "config", None) or settings.source
-    steward_app = make_steward_app(runtime, settings, config_path, notices=notices, welcome=welcome)
+    steward_app = make_steward_app(
+        runtime, settings, config_path, notices=notices, welcome=welcome, settings_problems=settings_problems
+    )
     instance.show_requested.connect(steward_app.show_dashboard)
-    for notice in (welcome, *notices):
-        if notice:
-            print(notice, flush=True)
+    for text in (welcome, *(n.detail for n in notices)):
+        if text:
+            print(text, flush=True)
     steward_app.start()
     if api_problem is not None:  # visible, not "harmless": the CLI and clients cannot reach this engine
         steward_app.tray.show_message("VRAM Steward: the local API did not start", api_problem)
@@ -208,9 +252,10 @@ def make_steward_app(
     settings: Any,
     config_path: Path | None,
     *,
-    notices: list[str],
+    notices: list[Notice],
     welcome: str | None = None,
     clock: Any = None,
+    settings_problems: tuple[str, ...] = (),
 ) -> Any:
     """The tray app on a built runtime: its notifier, the engine's worker thread (not started yet) and the
     windows. `StewardApp.start()` shows it; tools/ui_screenshots.py builds it the same way."""
@@ -230,9 +275,19 @@ def make_steward_app(
     if discovery is not None:  # apps found on the discovery thread: queued to the GUI like engine events
         discovery.subscribe(lambda app: worker.engine_event.emit(app.event(at=runtime.steward.clock())))
     extra = {"clock": clock} if clock is not None else {}
-    return StewardApp(
-        worker, settings, config_path, notices=notices, welcome=welcome, notifications=notifications, **extra
+    steward_app = StewardApp(
+        worker,
+        settings,
+        config_path,
+        notices=notices,
+        welcome=welcome,
+        notifications=notifications,
+        settings_problems=settings_problems,
+        **extra,
     )
+    for found in discovery.found if discovery is not None else ():  # found before the GUI listened
+        worker.engine_event.emit(found.event(at=runtime.steward.clock()))
+    return steward_app
 
 
 def quit_on_signals(quit_app: Any) -> Any:
@@ -261,7 +316,7 @@ def quit_on_signals(quit_app: Any) -> Any:
     return (reader, writer, notifier)
 
 
-def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) -> tuple[Any, str | None]:
+def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[Notice]) -> tuple[Any, str | None]:
     """The runtime, and what to tell the user when it runs without its API (the port is taken)."""
     from app.core.api.endpoint import ApiPortUnavailable
     from app.core.errors import VramError
@@ -276,7 +331,8 @@ def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) 
         problem = ApiPortUnavailable(exc.host, exc.port, exc.cause, config_file=settings.source)
         api_problem = problem.user_message()
         logger.warning("%s", api_problem)
-        notices.append(api_problem)
+        busy = "busy" if exc.cause.errno == errno.EADDRINUSE else "unavailable"
+        notices.append(Notice(f"Control API off: port {exc.port} {busy}", api_problem))
     except OSError as exc:
         if not with_api:
             print(f"error: {exc}", file=sys.stderr)
@@ -285,7 +341,7 @@ def _build_runtime(settings: Any, args: argparse.Namespace, notices: list[str]) 
             f"The local API did not start ({exc}); `vram-steward status|pause|resume` cannot reach it."
         )
         logger.warning("%s", api_problem)
-        notices.append(api_problem)
+        notices.append(Notice("Control API off", api_problem))
     except VramError as exc:
         print(f"error: {exc.user_message()}", file=sys.stderr)
         return None, None

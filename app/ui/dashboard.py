@@ -1,16 +1,21 @@
-"""The dashboard window: per-GPU gauges, the timeline, the process and model tables, recent events, and an
-About box. Everything is reachable from the keyboard (buttons with mnemonics, tab order top to bottom)."""
+"""The dashboard window: a card per GPU, the timeline of the last hour or day, and tabs for every holder,
+the processes, our models, the apps discovery found, the rules and the recent events; an About box.
+Everything is reachable from the keyboard (buttons with mnemonics, tab order top to bottom), and it is
+usable at its minimum size (the timeline and the tabs share the height through a splitter)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QEvent, QSize, Qt
+from PySide6.QtGui import QColor, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QButtonGroup,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -20,9 +25,11 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -31,13 +38,18 @@ from app import __version__
 from app.core import events as ev
 from app.core import paths
 from app.core.notify.messages import describe
+from app.ui.dashboard_parts import FoundAppsView, GpuCards, HoldersView
+from app.ui.dashboard_view import process_apps
 from app.ui.gauges import VramGauge
 from app.ui.presenter import ModelView, ProcessRow, TrayView
 from app.ui.timeline import TimelineHistory, TimelineWidget
 from app.ui.tray import TrayActions
 
+if TYPE_CHECKING:
+    from app.core.engine.steward import StewardSnapshot
+
 MAX_EVENTS = 200
-PROCESS_COLUMNS = ("Name", "PID", "GPU", "Role", "VRAM", "Learned")
+PROCESS_COLUMNS = ("Name", "PID", "GPU", "Role", "App", "VRAM", "Learned game peak")
 MODEL_COLUMNS = ("Model", "GPU", "State", "Size", "Digest", "Last load", "Progress")
 
 
@@ -51,13 +63,30 @@ def about_text(config_file: Path | None) -> str:
     )
 
 
+def readable_accent(accent: str, palette: QPalette) -> str:
+    """The state's accent colour, lightened on a dark window so the headline stays readable."""
+    colour = QColor(accent)
+    if palette.color(QPalette.ColorRole.Window).lightness() < 128 and colour.lightness() < 140:
+        colour = colour.lighter(170)
+    return colour.name()
+
+
 class Dashboard(QMainWindow):
+    """The window behind the tray icon. `manage_app(kind, url)` saves a found app's `[[servers]]` entry (the
+    application's "Manage it"); `show_models()` opens the models dialog; `reload_now()` ends a countdown
+    before models come back. Each None where there is none."""
+
+    MINIMUM_SIZE = QSize(600, 600)
+
     def __init__(
         self,
         actions: TrayActions,
         history: TimelineHistory,
         *,
         config_file: Path | None = None,
+        manage_app: Callable[[str, str], bool | None] | None = None,
+        show_models: Callable[[], None] | None = None,
+        reload_now: Callable[[], None] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -66,31 +95,84 @@ class Dashboard(QMainWindow):
         self._pause_command = "pause"
         self._model_rows: tuple[ModelView, ...] | None = None
         self._process_rows: list[ProcessRow] | None = None
+        self._process_apps: list[str] = []
+        self._shown: tuple[object, ...] = ()
+        self._accent = ""
         self.setWindowTitle("VRAM Steward")
-        self.resize(760, 640)
+        self.setMinimumSize(self.MINIMUM_SIZE)
+        self.resize(820, 720)
 
         central = QWidget(self)
         layout = QVBoxLayout(central)
+        top = QHBoxLayout()
         self.headline = QLabel("Starting ...")
         font = self.headline.font()
         font.setPointSizeF(font.pointSizeF() * 1.3)
         font.setBold(True)
         self.headline.setFont(font)
-        layout.addWidget(self.headline)
+        top.addWidget(self.headline, 1)
+        self.add_model_button = QPushButton("&Add a model...")
+        self.add_model_button.setToolTip("Pick a model file (GGUF, safetensors, ...) to keep in VRAM")
+        self.add_model_button.setEnabled(show_models is not None)
+        if show_models is not None:
+            self.add_model_button.clicked.connect(show_models)
+        self.add_model_button.hide()  # shown while no model is configured: the way out of "Idle"
+        top.addWidget(self.add_model_button)
+        self.reload_button = QPushButton("&Reload now")
+        self.reload_button.setToolTip("Bring the models back now instead of waiting for the countdown")
+        self._can_reload = reload_now is not None
+        if reload_now is not None:
+            self.reload_button.clicked.connect(reload_now)
+        self.reload_button.hide()  # while models are out and a countdown runs
+        top.addWidget(self.reload_button)
+        layout.addLayout(top)
+        self.notice_box = QFrame(self)  # the short notice and its whole story, together
+        self.notice_box.setFrameShape(QFrame.Shape.StyledPanel)
+        notice_layout = QVBoxLayout(self.notice_box)
+        notice_layout.setContentsMargins(6, 4, 6, 4)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
-        self.notice.setFrameShape(QLabel.Shape.StyledPanel)
+        bold = self.notice.font()
+        bold.setBold(True)
+        self.notice.setFont(bold)
         self.notice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.notice.hide()
-        layout.addWidget(self.notice)
+        self.notice_detail = QLabel()
+        self.notice_detail.setWordWrap(True)
+        self.notice_detail.setAccessibleName("Notice details")
+        self.notice_detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        notice_layout.addWidget(self.notice)
+        notice_layout.addWidget(self.notice_detail)
+        self.notice_box.hide()
+        layout.addWidget(self.notice_box)
 
-        self._gauge_box = QVBoxLayout()
-        layout.addLayout(self._gauge_box)
+        self.cards = GpuCards(self)
         self.gauges: list[VramGauge] = []
+        layout.addWidget(self.cards)
+
+        upper = QWidget()
+        upper_layout = QVBoxLayout(upper)
+        upper_layout.setContentsMargins(0, 0, 0, 0)
         self.timeline = TimelineWidget(history, self)
-        layout.addWidget(self.timeline, stretch=2)
+        ranges = QHBoxLayout()
+        ranges.addWidget(QLabel("VRAM over the last"))
+        self.range_buttons: dict[str, QToolButton] = {}
+        group = QButtonGroup(self)
+        for name, text in (("hour", "&hour"), ("day", "&day")):
+            button = QToolButton()
+            button.setText(text)
+            button.setCheckable(True)
+            button.setChecked(name == "hour")
+            button.setAccessibleName(f"Show the last {name}")
+            button.toggled.connect(lambda on, n=name: self._show_range(n) if on else None)
+            group.addButton(button)
+            ranges.addWidget(button)
+            self.range_buttons[name] = button
+        ranges.addStretch(1)
+        upper_layout.addLayout(ranges)
+        upper_layout.addWidget(self.timeline, 1)
 
         self.tabs = QTabWidget(self)
+        self.holders = HoldersView(self)
         self.processes = self._table(PROCESS_COLUMNS)
         self.processes.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.processes.customContextMenuRequested.connect(
@@ -99,12 +181,39 @@ class Dashboard(QMainWindow):
             )
         )
         self.models = self._table(MODEL_COLUMNS)
+        models_page = QWidget()
+        models_layout = QVBoxLayout(models_page)
+        models_layout.setContentsMargins(0, 0, 0, 0)
+        models_layout.addWidget(self.models)
+        self.models_button = QPushButton("Add or remove &models...")
+        self.models_button.setEnabled(show_models is not None)
+        if show_models is not None:
+            self.models_button.clicked.connect(show_models)
+        models_row = QHBoxLayout()
+        models_row.addWidget(self.models_button)
+        models_row.addStretch(1)
+        models_layout.addLayout(models_row)
+        self.found_apps = FoundAppsView(manage_app, self)
+        self.rules_page = QWidget()
+        self._rules_layout = QVBoxLayout(self.rules_page)
+        self.rules_widget: QWidget = QLabel("Application rules appear here.")
+        self._rules_layout.addWidget(self.rules_widget)
         self.events = QListWidget(self)
         self.events.setAccessibleName("Recent events")
+        self.tabs.addTab(self.holders, "&Holders")
         self.tabs.addTab(self.processes, "&Processes")
-        self.tabs.addTab(self.models, "&Models")
+        self.tabs.addTab(models_page, "&Models")
+        self.tabs.addTab(self.found_apps, "&Found apps")
+        self.tabs.addTab(self.rules_page, "R&ules")
         self.tabs.addTab(self.events, "&Events")
-        layout.addWidget(self.tabs, stretch=3)
+
+        splitter = QSplitter(Qt.Orientation.Vertical, self)
+        splitter.addWidget(upper)
+        splitter.addWidget(self.tabs)
+        splitter.setChildrenCollapsible(False)
+        splitter.setStretchFactor(0, 2)
+        splitter.setStretchFactor(1, 3)
+        layout.addWidget(splitter, 1)
 
         buttons = QHBoxLayout()
         self.pause_button = QPushButton("&Pause")
@@ -113,7 +222,7 @@ class Dashboard(QMainWindow):
         self.evict_button.clicked.connect(lambda: actions.send("evict_now"))
         settings_button = QPushButton("&Settings...")
         settings_button.clicked.connect(actions.show_settings)
-        about_button = QPushButton("&About")
+        about_button = QPushButton("A&bout")
         about_button.clicked.connect(self.show_about)
         for b in (self.pause_button, self.evict_button, settings_button, about_button):
             buttons.addWidget(b)
@@ -121,6 +230,25 @@ class Dashboard(QMainWindow):
         layout.addLayout(buttons)
         self.setCentralWidget(central)
         QShortcut(QKeySequence(QKeySequence.StandardKey.Close), self, self.close)
+
+    def _colour_headline(self) -> None:
+        self.headline.setStyleSheet(f"color: {readable_accent(self._accent, self.palette())};")
+
+    def changeEvent(self, event: QEvent) -> None:
+        """The desktop switched between light and dark: the headline's accent follows."""
+        if event.type() == QEvent.Type.PaletteChange and self._accent:
+            self._colour_headline()
+        super().changeEvent(event)
+
+    def _show_range(self, name: str) -> None:
+        self.timeline.set_range(name)
+
+    def set_rules_widget(self, widget: QWidget) -> None:
+        """Put the rules list (app/ui/rules_view.py) in the Rules tab, in place of what was there."""
+        self._rules_layout.removeWidget(self.rules_widget)
+        self.rules_widget.deleteLater()
+        self.rules_widget = widget
+        self._rules_layout.addWidget(widget)
 
     @staticmethod
     def _table(columns: Sequence[str]) -> QTableWidget:
@@ -135,41 +263,75 @@ class Dashboard(QMainWindow):
 
     # --- updates (the application throttles these) -------------------------------------------
 
-    def set_notice(self, text: str) -> None:
-        """A standing notice: why there is no tray icon, that this is a simulation, ..."""
+    def set_notice(self, text: str, detail: str = "") -> None:
+        """A standing notice (why there is no tray icon, that this is a simulation, ...) and its detail."""
         self.notice.setText(text)
         self.notice.setVisible(bool(text))
+        self.set_notice_detail(detail)
 
-    def set_view(self, view: TrayView, processes: list[ProcessRow], *, timeline_changed: bool = True) -> None:
-        """Show a view; widgets whose content did not change are left alone (repaints cost CPU)."""
-        headline = f"● {view.title}"
+    def set_notice_detail(self, detail: str) -> None:
+        """The long form of the tray's short notices: what happened and what to do about it."""
+        if detail != self.notice_detail.text():
+            self.notice_detail.setText(detail)
+        self.notice_detail.setVisible(bool(detail))
+        self.notice_box.setVisible(bool(self.notice.text() or detail))
+
+    def set_view(
+        self,
+        view: TrayView,
+        processes: list[ProcessRow],
+        *,
+        timeline_changed: bool = True,
+        snapshot: StewardSnapshot | None = None,
+    ) -> None:
+        """Show a view; widgets whose content did not change are left alone (repaints cost CPU). With the
+        snapshot, the Holders view, the GPU cards' lines and the process table's App column are filled."""
+        shown: tuple[object, ...] = (view, processes)
+        if snapshot is not None:
+            shown += (snapshot.models, snapshot.games)
+        if shown == self._shown:  # the same picture (a new snapshot that changed nothing people see)
+            if timeline_changed:
+                self.timeline.refresh()
+            return
+        self._shown = shown
+        headline = f"● {view.title}" + (f" · {view.wait_text}" if view.wait_text else "")
         if headline != self.headline.text():
             self.headline.setText(headline)
-            self.headline.setStyleSheet(f"color: {view.accent};")
+            self._accent = view.accent
+            self._colour_headline()
         if view.tooltip != self.headline.toolTip():
             self.headline.setToolTip(view.tooltip)
+        no_models = not view.models and view.state not in ("starting", "no_gpu", "error")
+        if no_models != self.add_model_button.isVisibleTo(self):
+            self.add_model_button.setVisible(no_models)
         if view.pause_command != self._pause_command:
             self._pause_command = view.pause_command
             self.pause_button.setText("&Resume" if view.pause_command == "resume" else "&Pause")
         self.evict_button.setEnabled(view.evict_enabled)
-        while len(self.gauges) < len(view.gpus):
-            gauge = VramGauge(self)
-            self.gauges.append(gauge)
-            self._gauge_box.addWidget(gauge)
-        for gauge, gpu in zip(self.gauges, view.gpus, strict=False):
-            gauge.set_view(gpu)
+        reload_shown = view.reload_enabled and self._can_reload
+        if reload_shown != self.reload_button.isVisibleTo(self):
+            self.reload_button.setVisible(reload_shown)
+        models = snapshot.models if snapshot is not None else ()
+        self.cards.set_views(view.gpus, models)
+        self.gauges = [card.gauge for card in self.cards.cards]
+        if snapshot is not None:
+            self.holders.set_models(snapshot.models)
         if view.models != self._model_rows:
             self._model_rows = view.models
             self._fill_models(view.models)
-        if processes != self._process_rows:
+        apps = process_apps(snapshot, processes) if snapshot is not None else [""] * len(processes)
+        if processes != self._process_rows or apps != self._process_apps:
             self._process_rows = processes
-            self._fill_processes(processes)
+            self._process_apps = apps
+            self._fill_processes(processes, apps)
         if timeline_changed:
-            self.timeline.update()
+            self.timeline.refresh()  # repaints when the new sample moves the plot by a pixel
 
     def add_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.LoadProgress):
             return
+        if isinstance(event, ev.AppFound):
+            self.found_apps.add(event)
         stamp = time.strftime("%H:%M:%S", time.localtime(event.wall_time or time.time()))
         severity = str(type(event).severity).upper()
         self.events.insertItem(0, f"{stamp}  {severity:<8} {describe(event)}")
@@ -190,13 +352,13 @@ class Dashboard(QMainWindow):
             action.triggered.connect(lambda: self._actions.freeze_while_gaming(exe))
         return menu
 
-    def _fill_processes(self, rows: list[ProcessRow]) -> None:
+    def _fill_processes(self, rows: list[ProcessRow], apps: list[str]) -> None:
         self.processes.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            cells = (row.name, str(row.pid), str(row.gpu), row.role, row.vram_text, row.learned_text)
+        for r, (row, app) in enumerate(zip(rows, apps, strict=True)):
+            cells = (row.name, str(row.pid), str(row.gpu), row.role, app, row.vram_text, row.learned_text)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                if c in (1, 2, 4):
+                if c in (1, 2, 5):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.processes.setItem(r, c, item)
 

@@ -1,6 +1,7 @@
-"""A VRAM gauge: one horizontal bar per GPU, split into ours / desktop / games and other apps / free, with the
-headroom marked. Each part has a colour, a pattern and a label (nothing told by colour alone); text and
-outlines use the palette, so it reads in light and dark themes."""
+"""A VRAM gauge: one horizontal bar per GPU, split into ours / desktop / games and other apps / reserved by
+the driver / free (free is exactly the GPU's free VRAM, as `status` and nvidia-smi say), with the headroom
+marked. Each part has a colour, a pattern and a label (nothing told by colour alone); text and outlines use
+the palette, so it reads in light and dark themes."""
 
 from __future__ import annotations
 

@@ -1,18 +1,25 @@
-"""The compact popup a left click on the tray icon opens: the state in words and a gauge per GPU."""
+"""The compact popup a left click on the tray icon opens: the state in words, the countdown before models come
+back (with Reload now), the notices' short lines and a gauge per GPU."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from PySide6.QtCore import QPoint, Qt
-from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from app.ui.gauges import VramGauge
 from app.ui.presenter import TrayView
 
 
 class TrayPopup(QFrame):
-    def __init__(self, open_dashboard: Callable[[], None], parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        open_dashboard: Callable[[], None],
+        parent: QWidget | None = None,
+        *,
+        reload_now: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(parent, Qt.WindowType.Popup)
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setAccessibleName("VRAM Steward status")
@@ -22,6 +29,15 @@ class TrayPopup(QFrame):
         font.setBold(True)
         self.title.setFont(font)
         self._layout.addWidget(self.title)
+        wait_row = QHBoxLayout()
+        self.wait = QLabel()
+        self.reload_button = QPushButton("&Reload now")
+        self.reload_button.setEnabled(reload_now is not None)
+        if reload_now is not None:
+            self.reload_button.clicked.connect(reload_now)
+        wait_row.addWidget(self.wait, 1)
+        wait_row.addWidget(self.reload_button)
+        self._layout.addLayout(wait_row)
         self.notes = QLabel()
         self.notes.setWordWrap(True)
         self._layout.addWidget(self.notes)
@@ -40,6 +56,9 @@ class TrayPopup(QFrame):
 
     def set_view(self, view: TrayView) -> None:
         self.title.setText(view.title)
+        self.wait.setText(view.wait_text)
+        self.wait.setVisible(bool(view.wait_text))
+        self.reload_button.setVisible(view.reload_enabled)
         self.notes.setText("\n".join(view.notes))
         self.notes.setVisible(bool(view.notes))
         while len(self._gauges) < len(view.gpus):

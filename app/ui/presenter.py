@@ -7,12 +7,14 @@ is told by colour alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.core.gpu.snapshot import BackendState, GpuSnapshot, GpuState
 from app.core.holders import ModelState, ModelStatus
+from app.core.notify.text import format_duration
 from app.core.policy.signals import game_key
 from app.core.settings import Settings
 from app.core.units import format_bytes, format_rate, format_usage
@@ -99,6 +101,30 @@ class ModelView:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A standing condition the user should know of: one short line for the tray menu, its tooltip and the
+    popup ("Simulation: no NVIDIA GPU", "Control API off: port 8765 busy"), the whole story (what happened,
+    what to do) for the dashboard."""
+
+    short: str
+    detail: str
+
+
+NOTICE_SHORT_CHARS = 48  # a plain text becomes a notice whose short line is its start, cut here
+
+
+def as_notice(notice: Notice | str) -> Notice:
+    """A notice as given, or one made from a plain text: its first sentence, cut to fit the tray menu."""
+    if isinstance(notice, Notice):
+        return notice
+    text = notice.strip()
+    first = text.split(". ", 1)[0].split("\n", 1)[0].rstrip(".")
+    if len(first) > NOTICE_SHORT_CHARS:
+        first = first[: NOTICE_SHORT_CHARS - 1].rstrip() + "…"
+    return Notice(short=first, detail=text)
+
+
+@dataclass(frozen=True)
 class TrayView:
     """Everything the tray icon, its tooltip and its menu show."""
 
@@ -114,7 +140,13 @@ class TrayView:
     pause_text: str  # "Pause" | "Resume"
     pause_command: str  # "pause" | "resume"
     evict_enabled: bool
-    notes: tuple[str, ...] = ()  # notices: simulation, no GPU, backend problems
+    notes: tuple[str, ...] = ()  # the notices' short lines: simulation, no GPU, API off, backend problems
+    notices: tuple[Notice, ...] = ()
+    notice_short: str = ""  # every notice's short line, in one line ("" when there is none)
+    notice_detail: str = ""  # every notice's whole story, a paragraph each: for the dashboard
+    wait_text: str = ""  # "Models come back in 23 s" while a cooldown counts down, else ""
+    resume_in_s: float | None = None  # the countdown itself (None: none runs)
+    reload_enabled: bool = False  # models are out and "Reload now" would bring them back
 
 
 @dataclass(frozen=True)
@@ -219,32 +251,64 @@ def model_view(model: ModelStatus) -> ModelView:
     )
 
 
-def tooltip(title: str, gpus: Iterable[GpuView], notes: Iterable[str]) -> str:
-    lines = [f"{APP_TITLE}: {title}", *(g.tooltip_line for g in gpus), *notes]
+def tooltip(title: str, gpus: Iterable[GpuView], notes: Iterable[str], wait_text: str = "") -> str:
+    lines = [
+        f"{APP_TITLE}: {title}",
+        *([wait_text] if wait_text else []),
+        *(g.tooltip_line for g in gpus),
+        *notes,
+    ]
     return "\n".join(lines)
 
 
-def present(snapshot: StewardSnapshot, settings: Settings, *, notices: Iterable[str] = ()) -> TrayView:
-    """The whole tray view for one snapshot. `notices` are the app's own (e.g. "running a simulation")."""
+def wait_text(resume_in_s: float | None) -> str:
+    """The countdown people see before models come back: "Models come back in 23 s"."""
+    if resume_in_s is None:
+        return ""
+    return f"Models come back in {format_duration(math.ceil(max(resume_in_s, 0.0)))}"
+
+
+def notice_line(notices: Sequence[Notice]) -> str:
+    """Every notice's short line, in one line."""
+    return " · ".join(n.short for n in notices)
+
+
+def notice_detail(notices: Sequence[Notice]) -> str:
+    """Every notice's whole story, a paragraph each: what the dashboard shows."""
+    return "\n\n".join(n.detail for n in notices)
+
+
+def present(
+    snapshot: StewardSnapshot,
+    settings: Settings,
+    *,
+    notices: Iterable[Notice | str] = (),
+    error_icon: bool = False,
+) -> TrayView:
+    """The whole tray view for one snapshot. `notices` are the app's own (a simulation, the API off, the
+    notifications not shown, a broken settings file); `error_icon` shows the red icon whatever the state."""
     telemetry = snapshot.telemetry
     info = state_info(snapshot.state)
-    notes = list(notices)
+    shown = [as_notice(n) for n in notices]
     if telemetry.state not in (BackendState.OK, BackendState.SIMULATED) and telemetry.message:
-        notes.append(telemetry.message)
+        shown.append(Notice("GPU monitoring problem", telemetry.message))
     gpus = tuple(gpu_view(g, snapshot.roles, settings) for g in telemetry.gpus)
     models = tuple(model_view(m) for m in snapshot.models)
-    notes += [  # what sits in host RAM instead of VRAM (a frozen app), said beside the gauges
+    paused = snapshot.paused or snapshot.state == "paused"
+    resume_in_s = None if snapshot.resume_at is None else max(snapshot.resume_at - telemetry.taken_at, 0.0)
+    waiting = wait_text(resume_in_s)
+    out = any(m.state in (ModelState.EVICTED, ModelState.WAITING) for m in snapshot.models)
+    frozen = [  # what sits in host RAM instead of VRAM (a frozen app), said in the tooltip
         f"{m.name}: {format_bytes(m.size_bytes)} of GPU {m.gpu} frozen in host RAM"
         for m in snapshot.models
         if m.state == ModelState.FROZEN
     ]
-    paused = snapshot.paused or snapshot.state == "paused"
     return TrayView(
         state=snapshot.state,
-        icon=icon_for(snapshot.state, snapshot.models),
+        icon="error" if error_icon else icon_for(snapshot.state, snapshot.models),
         title=info.title,
         accent=info.colour,
-        tooltip=tooltip(info.title, gpus, notes),
+        tooltip=tooltip(info.title, gpus, [*(n.short for n in shown), *frozen], waiting),
         gpus=gpus,
         models=models,
         auto_evict=settings.auto_evict,
@@ -252,19 +316,27 @@ def present(snapshot: StewardSnapshot, settings: Settings, *, notices: Iterable[
         pause_text="Resume" if paused else "Pause",
         pause_command="resume" if paused else "pause",
         evict_enabled=any(m.state in (ModelState.RESIDENT, ModelState.LOADING) for m in snapshot.models),
-        notes=tuple(notes),
+        wait_text=waiting,
+        resume_in_s=resume_in_s,
+        reload_enabled=out and not paused,
+        notes=tuple(n.short for n in shown),
+        notices=tuple(shown),
+        notice_short=notice_line(shown),
+        notice_detail=notice_detail(shown),
     )
 
 
-def starting_view(settings: Settings, *, notices: Iterable[str] = ()) -> TrayView:
+def starting_view(
+    settings: Settings, *, notices: Iterable[Notice | str] = (), error_icon: bool = False
+) -> TrayView:
     """Before the first snapshot arrives."""
-    notes = tuple(notices)
+    shown = [as_notice(n) for n in notices]
     return TrayView(
         state="starting",
-        icon="idle",
+        icon="error" if error_icon else "idle",
         title="Starting",
         accent="#6b7280",
-        tooltip=tooltip("Starting", (), notes),
+        tooltip=tooltip("Starting", (), [n.short for n in shown]),
         gpus=(),
         models=(),
         auto_evict=settings.auto_evict,
@@ -272,7 +344,10 @@ def starting_view(settings: Settings, *, notices: Iterable[str] = ()) -> TrayVie
         pause_text="Pause",
         pause_command="pause",
         evict_enabled=False,
-        notes=notes,
+        notes=tuple(n.short for n in shown),
+        notices=tuple(shown),
+        notice_short=notice_line(shown),
+        notice_detail=notice_detail(shown),
     )
 
 

@@ -1,5 +1,12 @@
-"""The tray icon: an icon per state, a tooltip with VRAM used and free per GPU, a menu rebuilt from the latest
-view each time it opens (as Vorta does), and a compact popup on left click."""
+"""The tray icon: an icon per state, a tooltip with VRAM used and free per GPU, a short menu rebuilt from the
+latest view each time it opens (as Vorta does), and a compact popup on left click.
+
+The menu is short, as Syncthing's and Nextcloud's are: one state line, a short line per notice, the models
+with their state, the two toggles, Pause/Resume, Reload now (while models wait), Evict now, Dashboard,
+Settings, Quit. Every line is cut to MENU_TEXT_PX; the long stories live in the dashboard.
+
+On a StatusNotifierItem desktop the icon is registered with org.kde.StatusNotifierWatcher; when the panel
+restarts (a new owner of that name), the icon registers again (`WatcherFollower`)."""
 
 from __future__ import annotations
 
@@ -7,8 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from PySide6.QtCore import QObject, QPointF, QRectF, Qt
-from PySide6.QtGui import QAction, QColor, QCursor, QIcon, QPainter, QPixmap
+from PySide6.QtCore import QObject, QPointF, QRectF, Qt, QTimer
+from PySide6.QtGui import QAction, QColor, QCursor, QFontMetrics, QIcon, QPainter, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from app.core.resources import STATE_ICONS, state_icon_file
@@ -19,6 +26,9 @@ logger = logging.getLogger(__name__)
 ICON_NAMES = STATE_ICONS
 AUTO_EVICT_TEXT = "Auto-evict when other apps need VRAM"
 AUTO_PAUSE_TEXT = "Auto-pause for gaming"
+RELOAD_NOW_TEXT = "Reload now"
+MENU_TEXT_PX = 300  # no line of the menu is wider: the menu (checkbox, margins) stays well under 400 px
+WATCHER_NAME = "org.kde.StatusNotifierWatcher"
 
 
 _icon_cache: dict[str, QIcon] = {}
@@ -64,6 +74,8 @@ class TrayActions(Protocol):
 
     def send(self, kind: str) -> None: ...  # "pause" | "resume" | "evict_now"
 
+    def reload_now(self) -> None: ...  # evicted models come back now, without waiting for the cooldown
+
     def show_dashboard(self) -> None: ...
 
     def show_settings(self) -> None: ...
@@ -76,16 +88,15 @@ class TrayActions(Protocol):
 def fill_menu(menu: QMenu, view: TrayView, actions: TrayActions) -> None:
     """Rebuild `menu` from `view`. Every entry is a real QAction, so tests trigger them as a user would."""
     menu.clear()
-    headline = menu.addAction(view.title)
+    fit = _fitter(menu)
+    headline = menu.addAction(fit(view.wait_text or view.title))
     headline.setEnabled(False)
     for note in view.notes:
-        menu.addAction(note).setEnabled(False)
-    for gpu in view.gpus:
-        menu.addAction(gpu.status_line).setEnabled(False)
+        menu.addAction(fit(note)).setEnabled(False)
     if view.models:
         menu.addSeparator()
         for model in view.models:
-            entry = menu.addAction(model.menu_text)
+            entry = menu.addAction(fit(model.menu_text))
             entry.setCheckable(True)
             entry.setChecked(model.checked)
             entry.setToolTip(f"Click to {model.command} {model.name}")
@@ -98,6 +109,8 @@ def fill_menu(menu: QMenu, view: TrayView, actions: TrayActions) -> None:
     menu.addSeparator()
     pause = menu.addAction(view.pause_text)
     pause.triggered.connect(lambda _=False, k=view.pause_command: actions.send(k))
+    if view.reload_enabled:
+        menu.addAction(RELOAD_NOW_TEXT).triggered.connect(lambda _=False: actions.reload_now())
     evict_now = menu.addAction("Evict now")
     evict_now.setEnabled(view.evict_enabled)
     evict_now.triggered.connect(lambda _=False: actions.send("evict_now"))
@@ -106,6 +119,11 @@ def fill_menu(menu: QMenu, view: TrayView, actions: TrayActions) -> None:
     menu.addAction("Settings...").triggered.connect(lambda _=False: actions.show_settings())
     menu.addSeparator()
     menu.addAction("Quit").triggered.connect(lambda _=False: actions.quit())
+
+
+def _fitter(menu: QMenu) -> Callable[[str], str]:
+    metrics = QFontMetrics(menu.font())
+    return lambda text: metrics.elidedText(text, Qt.TextElideMode.ElideRight, MENU_TEXT_PX)
 
 
 def _toggle(menu: QMenu, text: str, checked: bool) -> QAction:
@@ -132,11 +150,23 @@ class Tray(QObject):
         self.icon.activated.connect(self._activated)
         self._icon_name = ""
         self._tooltip = ""
+        self.registrations = 0  # how often the icon was (re-)registered with a tray host
         self.set_view(current_view())
         self.rebuild_menu()
+        self.watcher = WatcherFollower(self.reregister)
 
     def show(self) -> None:
         self.icon.show()
+        self.registrations += 1
+
+    def reregister(self) -> None:
+        """A new tray host (the panel restarted): register the icon with it again, as it was."""
+        if not self.icon.isVisible():
+            return
+        logger.info("the tray host changed (%s has a new owner): registering the icon again", WATCHER_NAME)
+        self.icon.hide()
+        self.icon.show()
+        self.registrations += 1
 
     def hide(self) -> None:
         self.icon.hide()
@@ -167,3 +197,29 @@ class Tray(QObject):
     @staticmethod
     def popup_anchor() -> QPointF:
         return QPointF(QCursor.pos())
+
+
+class WatcherFollower(QObject):
+    """Calls `on_new_host` when org.kde.StatusNotifierWatcher gets a new owner on the session bus (a panel
+    that restarted forgets every icon). Without a session bus it does nothing."""
+
+    def __init__(self, on_new_host: Callable[[], None], *, settle_ms: int = 300) -> None:
+        super().__init__()
+        self._on_new_host = on_new_host
+        self._watcher: object | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(settle_ms)  # let the new watcher finish starting before registering
+        self._timer.timeout.connect(self._on_new_host)
+        try:
+            from PySide6.QtDBus import QDBusConnection, QDBusServiceWatcher
+        except ImportError:  # a Qt without QtDBus (not Linux): nothing to follow
+            return
+        bus = QDBusConnection.sessionBus()
+        if not bus.isConnected():
+            return
+        watcher = QDBusServiceWatcher(
+            WATCHER_NAME, bus, QDBusServiceWatcher.WatchModeFlag.WatchForRegistration, self
+        )
+        watcher.serviceRegistered.connect(lambda _name: self._timer.start())
+        self._watcher = watcher

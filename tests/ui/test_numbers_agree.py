@@ -9,9 +9,11 @@ memory that is neither used nor free: free is NVML's free everywhere, never tota
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pynvml
 import pytest
+from PySide6.QtWidgets import QMenu
 from pytestqt.qtbot import QtBot
 
 from app.core import events as ev
@@ -22,7 +24,9 @@ from app.core.notify.text import notification_for
 from app.core.settings import Settings
 from app.core.units import GiB, MiB, format_bytes, format_usage
 from app.ui.gauges import VramGauge
+from app.ui.popup import TrayPopup
 from app.ui.presenter import present, process_rows
+from app.ui.tray import fill_menu
 from tests.fixtures import ui_snapshots as snaps
 from tests.fixtures.fake_nvml import FakeNvml, gpu_line, proc_line
 
@@ -138,3 +142,48 @@ def test_tray_dashboard_status_events_and_notifications_agree_with_nvml(
     assert describe(evicted).startswith(f"Cyberpunk 2077 started: freed {ours_text} (1 model: llama-8b)")
     # nvidia-smi prints MiB: the same figure as ours, rounded the same way
     assert f"{ours / MiB / 1024:.1f} GiB" == ours_text
+
+
+DECIMAL_UNIT = re.compile(r"\d\s?(?:kB|KB|MB|GB|TB)\b")
+
+
+def test_no_decimal_units_anywhere_a_user_reads_sizes(nvml_world: FakeNvml, qtbot: QtBot) -> None:
+    """Issue 16: "8.0 GiB" in the menu and "8.6 GB" in a notification, both in one title, was the bug.
+    Every text a user reads a size in (menu, tooltip, popup, gauge, notifications, events, `status`) uses
+    the one formatter's binary units."""
+    settings = Settings()
+    backend = NvmlBackend()
+    try:
+        telemetry = backend.sample()
+    finally:
+        backend.close()
+    snapshot = dataclasses.replace(
+        snaps.snapshot("active", models=(snaps.model(size_bytes=OURS),)), telemetry=telemetry
+    )
+    view = present(snapshot, settings)
+    menu = QMenu()
+    fill_menu(menu, view, _NoActions())  # type: ignore[arg-type]
+    popup = TrayPopup(lambda: None)
+    qtbot.addWidget(popup)
+    popup.set_view(view)
+    gauge = popup.findChildren(VramGauge)[0]
+    pressure = ev.ModelsEvicted(
+        at=1.0, gpu=0, models=("llama-8b",), reason="pressure", trigger="blender (pid 77) grew 1.5 GiB",
+        freed_bytes=OURS, trigger_exe="blender",
+    )  # fmt: skip
+    refused = ev.LoadRefused(at=1.0, model="llama-8b", gpu=0, reason="insufficient_vram",
+                             need_bytes=OURS, available_bytes=2 * GiB)  # fmt: skip
+    texts = [a.text() for a in menu.actions()] + [view.tooltip, gauge.describe(), gauge.legend()]
+    for event in (pressure, refused):
+        note = notification_for(event)
+        assert note is not None
+        texts += [note.title, note.body, describe(event)]
+    texts.append(format_status_table(snapshot.to_status(settings)))
+    joined = "\n".join(texts)
+    assert not DECIMAL_UNIT.search(joined), DECIMAL_UNIT.findall(joined)
+    assert joined.count(format_bytes(OURS)) >= 5  # "8.0 GiB": the model in the menu, notifications, events
+
+
+class _NoActions:
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from app.core.config import Settings
@@ -10,7 +12,7 @@ from app.core.holders import ModelState
 from app.core.resources import STATE_ICONS, state_icon_file
 from app.core.units import GiB, MiB
 from app.ui import presenter
-from app.ui.presenter import present, process_rows
+from app.ui.presenter import NOTICE_SHORT_CHARS, Notice, as_notice, present, process_rows
 from tests.fixtures import ui_snapshots as snaps
 
 SETTINGS = Settings()
@@ -139,13 +141,36 @@ def test_backend_problem_and_app_notices_reach_the_tooltip() -> None:
     snap = snaps.snapshot(
         "no_gpu", gpus=(), models=(), backend_state=BackendState.NO_DRIVER, message="NVIDIA driver not found"
     )
-    view = present(snap, SETTINGS, notices=["No NVIDIA GPU found: running a simulation"])
-    assert view.notes == ("No NVIDIA GPU found: running a simulation", "NVIDIA driver not found")
+    long = "No NVIDIA GPU found: running a simulation (scenario game-launch). NVML Shared Library Not Found"
+    view = present(snap, SETTINGS, notices=[Notice("Simulation: no NVIDIA GPU", long)])
+    assert view.notes == ("Simulation: no NVIDIA GPU", "GPU monitoring problem")  # one short line each
     assert view.tooltip.splitlines() == [
         "VRAM Steward: No NVIDIA GPU",
-        "No NVIDIA GPU found: running a simulation",
-        "NVIDIA driver not found",
+        "Simulation: no NVIDIA GPU",
+        "GPU monitoring problem",
     ]
+    # the whole story is for the dashboard
+    assert view.notice_short == "Simulation: no NVIDIA GPU · GPU monitoring problem"
+    assert view.notice_detail == f"{long}\n\nNVIDIA driver not found"
+
+
+def test_a_plain_text_notice_gets_a_short_line_that_fits_the_menu() -> None:
+    text = "The local API cannot start: the port 127.0.0.1:8765 is already in use by another program. More."
+    notice = as_notice(text)
+    assert notice.detail == text and len(notice.short) <= NOTICE_SHORT_CHARS
+    assert notice.short.startswith("The local API cannot start")
+
+
+def test_the_countdown_before_models_come_back_and_reload_now() -> None:
+    out = snaps.model(state=ModelState.EVICTED)
+    snap = dataclasses.replace(snaps.snapshot("cooldown", models=(out,)), resume_at=None)
+    snap = dataclasses.replace(snap, resume_at=snap.telemetry.taken_at + 22.4)
+    view = present(snap, SETTINGS)
+    assert view.wait_text == "Models come back in 23 s" and view.resume_in_s == pytest.approx(22.4)
+    assert view.tooltip.splitlines()[1] == "Models come back in 23 s"
+    assert view.reload_enabled
+    paused = dataclasses.replace(snap, paused=True, state="paused", resume_at=None)
+    assert present(paused, SETTINGS).wait_text == "" and not present(paused, SETTINGS).reload_enabled
 
 
 def test_a_lost_gpu_says_so_instead_of_numbers() -> None:

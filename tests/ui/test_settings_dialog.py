@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QLineEdit, QSpinBox
 
 from app.core import config
@@ -102,3 +103,64 @@ def test_the_autostart_box_writes_the_xdg_entry(qtbot: Any, config_file: Path) -
     dialog.autostart.setChecked(False)
     assert dialog.save()
     assert not autostart.autostart_file().exists()
+
+
+def test_numbers_show_with_their_unit_and_no_raw_decimals(qtbot: Any, config_file: Path) -> None:
+    dialog = dialog_for(qtbot, config_file)
+    shown = {
+        key: editor.text() for key, editor in dialog.editors.items() if isinstance(editor, QDoubleSpinBox)
+    }
+    assert shown["resume_cooldown_secs"] == "30 s"
+    assert shown["headroom_percent"] == "10 %"
+    assert shown["poll_interval_secs"] == "0.1 s"
+    assert shown["idle_poll_interval_secs"] == "2 s"
+    assert not [text for text in shown.values() if ".000" in text or text.endswith(".0 s")]
+    spin = dialog.editors["resume_cooldown_secs"]
+    assert isinstance(spin, QDoubleSpinBox)
+    spin.lineEdit().selectAll()
+    qtbot.keyClicks(spin.lineEdit(), "45.5")  # typed as a person would, the unit kept
+    assert spin.value() == 45.5 and spin.text() == "45.5 s"
+
+
+def test_poll_intervals_sit_under_advanced(qtbot: Any, config_file: Path) -> None:
+    dialog = dialog_for(qtbot, config_file)
+    tabs = [dialog.tabs.tabText(i) for i in range(dialog.tabs.count())]
+    assert tabs[-1] == "Advanced" and "Timing" in tabs
+    advanced = dialog.tabs.widget(tabs.index("Advanced"))
+    for key in ("poll_interval_secs", "idle_poll_interval_secs", "process_check_interval_secs"):
+        assert advanced.isAncestorOf(dialog.editors[key]), key
+    assert dialog.tabs.widget(tabs.index("Timing")).isAncestorOf(dialog.editors["resume_cooldown_secs"])
+
+
+def test_an_error_grows_the_dialog_and_never_squashes_the_form(qtbot: Any, config_file: Path) -> None:
+    dialog = dialog_for(qtbot, config_file)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    form_before, dialog_before = dialog.tabs.height(), dialog.height()
+    dialog.editors["reserved_system_vram"].setText("lots")  # type: ignore[attr-defined]
+    dialog.editors["api_host"].setText(" ")  # type: ignore[attr-defined]
+    dialog.tabs.setCurrentIndex(dialog.tabs.count() - 1)
+    assert dialog.save() is False
+    assert dialog.tabs.tabText(dialog.tabs.currentIndex()) == "GPU"  # the first bad field is shown
+    qtbot.waitUntil(lambda: dialog.error.isVisible(), timeout=2000)
+    assert dialog.tabs.height() >= form_before
+    assert dialog.height() > dialog_before
+    error = dialog.error
+    assert error.height() >= error.heightForWidth(error.width()) - 2  # the whole message shows
+    assert dialog.error.text().count("\n") >= 2  # both problems, one a line
+
+
+def test_open_settings_file_opens_it(qtbot: Any, tmp_path: Path) -> None:
+    path = tmp_path / "new" / "config.toml"  # not written yet: opening writes the commented default first
+    opened: list[str] = []
+    dialog = SettingsDialog(
+        config.Settings(), path, open_url=lambda url: opened.append(url.toLocalFile()) or True
+    )
+    qtbot.addWidget(dialog)
+    qtbot.mouseClick(dialog.open_file_button, Qt.MouseButton.LeftButton)
+    assert opened == [str(path)]
+    assert path.is_file() and "#" in path.read_text()
+    refused = SettingsDialog(config.Settings(), path, open_url=lambda url: False)
+    qtbot.addWidget(refused)
+    assert refused.open_file() is False
+    assert "Could not open" in refused.error.text() and "text editor" in refused.error.text()

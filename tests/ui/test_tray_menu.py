@@ -37,6 +37,9 @@ class Recorder:
     def send(self, kind: str) -> None:
         self.calls.append(("send", kind))
 
+    def reload_now(self) -> None:
+        self.calls.append(("reload_now",))
+
     def show_dashboard(self) -> None:
         self.calls.append(("dashboard",))
 
@@ -74,8 +77,7 @@ def test_menu_is_built_from_the_snapshot(qtbot: Any) -> None:
     menu = QMenu()
     fill_menu(menu, view, Recorder())
     assert entries(menu) == [
-        "Models resident (disabled)",
-        "GPU 0: 5.5 GiB / 12.0 GiB used, 3.0 GiB ours (disabled)",
+        "Models resident (disabled)",  # one state line; the GPUs are in the tooltip and the popup
         "---",
         "[x] llama-8b: resident (3.0 GiB)",
         "[ ] qwen-14b: evicted (3.0 GiB)",
@@ -84,6 +86,7 @@ def test_menu_is_built_from_the_snapshot(qtbot: Any) -> None:
         f"[ ] {AUTO_PAUSE_TEXT}",
         "---",
         "Pause",
+        "Reload now",  # qwen-14b is out
         "Evict now",
         "---",
         "Dashboard...",
@@ -101,10 +104,13 @@ def test_menu_entries_call_the_actions(qtbot: Any) -> None:
     view = present(snaps.snapshot("paused", models=models, paused=True), Settings())
     menu, recorder = QMenu(), Recorder()
     fill_menu(menu, view, recorder)
+    assert not any(a.text() == "Reload now" for a in menu.actions())  # paused: Resume is the way back
     for text in ("llama-8b", "qwen-14b", AUTO_EVICT_TEXT, AUTO_PAUSE_TEXT, "Resume", "Evict now"):
         action(menu, text).trigger()
     for text in ("Dashboard...", "Settings...", "Quit"):
         action(menu, text).trigger()
+    fill_menu(menu, present(snaps.snapshot("cooldown", models=models), Settings()), recorder)
+    action(menu, "Reload now").trigger()
     assert recorder.calls == [
         ("model", "llama-8b", "unload"),
         ("model", "qwen-14b", "load"),
@@ -115,6 +121,7 @@ def test_menu_entries_call_the_actions(qtbot: Any) -> None:
         ("dashboard",),
         ("settings",),
         ("quit",),
+        ("reload_now",),
     ]
 
 

@@ -14,7 +14,7 @@ from app.core.errors import VramError
 from app.core.events import Event
 from app.core.holders import ModelStatus
 from app.core.policy.actions import Command
-from app.core.settings import Settings
+from app.core.settings import AppRule, Settings
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,33 @@ class PrepareForSleep:
     sleeping: bool
 
 
-EngineCommand = Command | ApplySettings | PrepareForSleep
+@dataclass(frozen=True)
+class AddAppRule:
+    """A per-application rule ("Always ignore this app"), in effect from this tick. The caller has already
+    saved it (app.core.notify.rules); the engine adds it to its settings and records `AppRuleAdded`. A rule
+    with the same `match` already there is replaced."""
+
+    rule: AppRule
+    name: str = ""  # the application for people ("Cyberpunk 2077")
+
+
+@dataclass(frozen=True)
+class RemoveAppRule:
+    """Remove the per-application rule whose `match` is this (Undo, the dashboard's Remove); the caller has
+    already removed it from the file. Records `AppRuleRemoved` when there was one."""
+
+    match: str
+
+
+@dataclass(frozen=True)
+class ReloadNow:
+    """Bring evicted models back now, without waiting for the cooldown (what Resume does for a game that
+    still runs); recorded as `ReloadRequested`. `gpu` None means every GPU."""
+
+    gpu: int | None = None
+
+
+EngineCommand = Command | ApplySettings | PrepareForSleep | AddAppRule | RemoveAppRule | ReloadNow
 
 
 @dataclass(frozen=True)
@@ -86,4 +112,19 @@ def command_name(command: EngineCommand) -> str:
         return "settings"
     if isinstance(command, PrepareForSleep):
         return "sleep" if command.sleeping else "wake"
+    if isinstance(command, AddAppRule):
+        return "add_rule"
+    if isinstance(command, RemoveAppRule):
+        return "remove_rule"
+    if isinstance(command, ReloadNow):
+        return "reload"
     return command.kind
+
+
+def policy_command(command: EngineCommand) -> Command | None:
+    """What the contention policy sees of a request (None: nothing; the engine handles it itself)."""
+    if isinstance(command, Command):
+        return command
+    if isinstance(command, ReloadNow):
+        return Command(kind="resume", gpu=command.gpu)
+    return None

@@ -68,4 +68,18 @@ def describe(event: ev.Event) -> str:
         return f"{event.model} verified ({event.seconds:.1f} s)"
     if isinstance(event, ev.EngineError):
         return f"Internal error in {event.where}: {event.message}"
+    if isinstance(event, ev.Paused):
+        return "Paused by you: models stay out of VRAM until you resume" if event.by == "user" else "Paused"
+    if isinstance(event, ev.Unpaused):
+        return "Resumed by you" if event.by == "user" else "Resumed"
+    if isinstance(event, ev.EvictRequested):
+        return "You chose Evict now" + ("" if event.gpu is None else f" on GPU {event.gpu}")
+    if isinstance(event, ev.ReloadRequested):
+        return "You chose Reload now" + ("" if event.gpu is None else f" on GPU {event.gpu}")
+    if isinstance(event, ev.AppRuleAdded):
+        who = f"{event.name} " if event.name and event.name != event.match else ""
+        what = {"ignore": "ignored", "evict": "given the GPU"}.get(event.action, event.action)
+        return f'Rule added: {who}(match = "{event.match}") is always {what}'
+    if isinstance(event, ev.AppRuleRemoved):
+        return f'Rule removed: match = "{event.match}" ({event.action}) no longer applies'
     return event.describe()

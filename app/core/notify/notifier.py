@@ -28,6 +28,7 @@ from app.core.aio_thread import AsyncioThread
 from app.core.engine.commands import ApplySettings
 from app.core.errors import VramError
 from app.core.events import Event
+from app.core.notify.rules import add_rule, remove_rule
 from app.core.notify.text import (
     ACTION_EVICT_NOW,
     ACTION_RESUME,
@@ -35,10 +36,12 @@ from app.core.notify.text import (
     FREEZE_APP_PREFIX,
     IGNORE_APP_PREFIX,
     MANAGE_APP_PREFIX,
+    REMOVE_RULE_PREFIX,
     NotificationText,
     Urgency,
     merge_burst,
     notification_for,
+    rule_subject,
 )
 from app.core.policy.contention import Command
 from app.core.settings import AppRule, Settings
@@ -114,6 +117,11 @@ class DesktopNotifierBackend:
     async def available(self) -> bool:
         if sys.platform != "linux":
             return True  # desktop-notifier's macOS / Windows backends need no server check
+        return bool(await self.name_has_owner(NOTIFICATIONS_BUS_NAME))
+
+    async def name_has_owner(self, name: str) -> bool | None:
+        """Whether a well-known name has an owner on the session bus (asked of the bus daemon, so nothing
+        is D-Bus-activated); None when there is no session bus. The tray balloon asks it too."""
         try:
             bus = await self._session_bus()
             from dbus_fast import Message, MessageType
@@ -126,7 +134,7 @@ class DesktopNotifierBackend:
                         interface="org.freedesktop.DBus",
                         member="NameHasOwner",
                         signature="s",
-                        body=[NOTIFICATIONS_BUS_NAME],
+                        body=[name],
                     )
                 ),
                 self.call_timeout_s,
@@ -137,7 +145,7 @@ class DesktopNotifierBackend:
                 logger.info("no D-Bus session bus for desktop notifications (%s)", reason)
                 self._no_bus_reason = reason
             await self._drop_bus()
-            return False
+            return None
         self._no_bus_reason = None
         return bool(reply.message_type == MessageType.METHOD_RETURN and reply.body and reply.body[0])
 
@@ -236,6 +244,11 @@ class Delivery:
     at: float
 
 
+# Backends that only write the log: a notification that reached no other one was not shown to anybody.
+LOG_ONLY_BACKENDS = frozenset({"log"})
+OnProblem = Callable[[str | None], None]
+
+
 class NotificationRouter:
     """Turns events into notifications: coalesces bursts, picks the first available backend, maps actions.
 
@@ -273,6 +286,14 @@ class NotificationRouter:
         self._in_flight: set[concurrent.futures.Future[None]] = set()
         self._closed = False
         self.deliveries: collections.deque[Delivery] = collections.deque(maxlen=RECENT_DELIVERIES)
+        self.problem: str | None = None  # why the last notification was not shown (only logged); None: shown
+        self.failed = 0  # notifications no one saw since the start
+        self._problem_listeners: list[OnProblem] = []
+
+    def subscribe_problem(self, listener: OnProblem) -> None:
+        """Called with the new `problem` when delivery starts failing (a text) or works again (None), on the
+        router's loop thread: hand it over to your own thread."""
+        self._problem_listeners.append(listener)
 
     # --- any thread -----------------------------------------------------------------------------
 
@@ -388,17 +409,22 @@ class NotificationRouter:
 
         with self._lock:
             backends = list(self._backends)
+        missed: list[str] = []  # why each backend before the one that took it did not
         for backend in backends:
             if self._resting_until.get(backend.name, float("-inf")) > self._clock():
+                missed.append(f"{backend.name}: skipped after a timeout")
                 continue
             try:
                 if not await asyncio.wait_for(backend.available(), self.call_timeout_s):
                     logger.debug("notifier %s is not available", backend.name)
+                    missed.append(f"{backend.name}: not available")
                     continue
                 if await asyncio.wait_for(backend.send(text, on_action), self.call_timeout_s):
                     self.deliveries.append(Delivery(backend.name, text, self._clock()))
+                    self._delivered(backend.name, text, missed)
                     return
                 logger.info("the %s notifier did not take %r; trying the next", backend.name, text.title)
+                missed.append(f"{backend.name}: the server did not take it")
             except TimeoutError:
                 self._resting_until[backend.name] = self._clock() + self.retry_after_s
                 logger.warning(
@@ -407,9 +433,33 @@ class NotificationRouter:
                     self.call_timeout_s,
                     self.retry_after_s,
                 )
+                missed.append(f"{backend.name}: no answer within {self.call_timeout_s:g} s")
             except Exception as exc:
                 logger.warning("the %s notifier failed: %s: %s", backend.name, type(exc).__name__, exc)
+                missed.append(f"{backend.name}: {type(exc).__name__}: {exc}")
         logger.warning("no notifier could show: %s | %s", text.title, text.body)
+        self._delivered(None, text, missed)
+
+    def _delivered(self, backend: str | None, text: NotificationText, missed: list[str]) -> None:
+        """Keep `problem` true: a notification that only reached the log was not shown to anybody."""
+        if backend is not None and backend not in LOG_ONLY_BACKENDS:
+            problem = None
+        elif not missed:
+            return  # the log is the only backend there is (by design): nothing failed
+        else:
+            self.failed += 1
+            problem = f"Notifications are not shown ({'; '.join(missed)}); they go to the log only"
+            logger.warning("notification not shown (%s): %s", "; ".join(missed), text.title)
+        if problem == self.problem:
+            return
+        if problem is None:
+            logger.info("notifications are shown again")
+        self.problem = problem
+        for listener in list(self._problem_listeners):
+            try:
+                listener(problem)
+            except Exception:
+                logger.exception("a notification-problem listener failed")
 
     def _action(self, key: str, event: Event) -> None:
         logger.info("notification action %r for %s", key, event.kind)
@@ -497,17 +547,21 @@ def attach_notifications(runtime: Runtime) -> NotificationRouter | None:
         command = command_for_action(key, event)
         if command is not None:
             steward.submit(command)
-        elif key.startswith(IGNORE_APP_PREFIX):
-            name = key[len(IGNORE_APP_PREFIX) :]
-            try:
-                new = add_ignore_rule(runtime.settings, name)
+        elif key.startswith((IGNORE_APP_PREFIX, REMOVE_RULE_PREFIX)):
+            adding = key.startswith(IGNORE_APP_PREFIX)
+            match = key.partition(":")[2]
+            try:  # saved (comments kept), then applied on the engine thread through its one door
+                if adding:
+                    new = add_rule(
+                        runtime.settings.source, match, steward.submit, name=rule_subject(event, match)
+                    )
+                else:
+                    new = remove_rule(runtime.settings.source, match, steward.submit)
             except (VramError, OSError) as exc:
-                logger.error("could not save the rule to ignore %s: %s", name, exc)
+                logger.error("could not %s the rule for %s: %s", "save" if adding else "remove", match, exc)
                 return
             runtime.settings = new
             router.apply_settings(new)
-            steward.submit(ApplySettings(new))  # applied on the engine thread, through its one door
-            logger.info("%s will be ignored from now on (rule saved in %s)", name, new.source)
         elif key.startswith(MANAGE_APP_PREFIX):
             manage_found_app(runtime, key[len(MANAGE_APP_PREFIX) :])
         elif key.startswith(FREEZE_APP_PREFIX):

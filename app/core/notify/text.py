@@ -14,13 +14,15 @@ from pathlib import Path
 
 from app.core import events as ev
 from app.core import paths
+from app.core.policy.classify import executable_name
 from app.core.units import format_bytes
 
 # Action keys: what a button asks for. The caller maps them to engine commands (see notify.py).
 ACTION_RESUME = "resume"
 ACTION_SHOW = "show"  # open the dashboard
 ACTION_EVICT_NOW = "evict_now"
-IGNORE_APP_PREFIX = "ignore_app:"  # followed by the application's name
+IGNORE_APP_PREFIX = "ignore_app:"  # followed by what the rule matches: "<executable>" or "steam:<AppId>"
+REMOVE_RULE_PREFIX = "remove_rule:"  # followed by the `match` of the rule to remove (Undo)
 MANAGE_APP_PREFIX = "manage_app:"  # followed by "<kind> <url>" of a discovered app (events.AppFound)
 FREEZE_APP_PREFIX = "freeze_app:"  # followed by an executable name: freeze it while a game runs
 
@@ -55,8 +57,26 @@ OPEN_DASHBOARD = NotificationAction("Open dashboard", ACTION_SHOW)
 FREE_NOW = NotificationAction("Free now", ACTION_EVICT_NOW)
 
 
-def ignore_app_action(name: str) -> NotificationAction:
-    return NotificationAction("Always ignore this app", IGNORE_APP_PREFIX + name)
+def ignore_app_action(match: str) -> NotificationAction:
+    return NotificationAction("Always ignore this app", IGNORE_APP_PREFIX + match)
+
+
+def rule_match(exe: str | None, app_id: str | None) -> str | None:
+    """What a per-app rule for this application matches (app.core.policy.classify.match_app_rule):
+    "steam:<AppId>" for a Steam game, else its executable's name ("cyberpunk2077"); None when neither is
+    known (a display name is never a rule: it matches nothing)."""
+    if app_id:
+        return f"steam:{app_id}"
+    return executable_name(exe) or None
+
+
+def rule_subject(event: ev.Event, match: str) -> str:
+    """The application a rule from this event's notification is about, for people."""
+    if isinstance(event, ev.ModelsEvicted) and event.reason == "game":
+        return event.trigger
+    if isinstance(event, ev.GameWarning):
+        return event.name
+    return match
 
 
 def _count(models: Sequence[str]) -> str:
@@ -93,15 +113,16 @@ def _evicted(event: ev.ModelsEvicted) -> NotificationText | None:
     freed = f"freed {format_bytes(event.freed_bytes)}" if event.freed_bytes is not None else "freed VRAM"
     what = f"{freed} ({_count(event.models)})"
     actions: tuple[NotificationAction, ...] = (RESUME_NOW, OPEN_DASHBOARD)
+    match = rule_match(event.trigger_exe, event.trigger_app_id)  # a rule matches the app, never the text
+    ignore = (ignore_app_action(match),) if match else ()
     if event.reason == "game":
         title = f"{event.trigger} started: {what}"
         body = f"{_names(event.models)} left GPU {event.gpu}. They come back when the game ends."
-        actions = (RESUME_NOW, ignore_app_action(event.trigger), OPEN_DASHBOARD)
+        actions = (RESUME_NOW, *ignore, OPEN_DASHBOARD)
     elif event.reason == "pressure":
         title = f"{event.trigger} needs VRAM: {what}"
         body = f"{_names(event.models)} left GPU {event.gpu}. They come back when there is room again."
-        rule_name = event.trigger_exe or event.trigger  # a rule matches the executable, not the text
-        actions = (RESUME_NOW, ignore_app_action(rule_name), OPEN_DASHBOARD)
+        actions = (RESUME_NOW, *ignore, OPEN_DASHBOARD)
         if event.trigger_exe:  # a compute app we could freeze for games instead of losing our models to it
             actions = (
                 *actions,
@@ -200,7 +221,12 @@ def notification_for(event: ev.Event, *, log_path: Path | None = None) -> Notifi
     if isinstance(event, ev.GpuLost):
         return _error(f"GPU {event.gpu} lost", event.message, event, log_path)
     if isinstance(event, ev.BackendProblem):
-        return _error("GPU monitoring problem", event.message, event, log_path)
+        # Known and lasting (no driver, no NVML): said once, not sticky; the tray and dashboard keep saying it
+        return replace(
+            _error("GPU monitoring problem", event.message, event, log_path), urgency=Urgency.NORMAL
+        )
+    if isinstance(event, ev.AppRuleAdded):
+        return _rule_added(event)
     if isinstance(event, ev.HostDied):
         code = "unknown" if event.exit_code is None else str(event.exit_code)
         what = f"{_names(event.models)} left VRAM (exit code {code}); they are reloaded when possible."
@@ -218,6 +244,23 @@ def notification_for(event: ev.Event, *, log_path: Path | None = None) -> Notifi
     if isinstance(event, ev.AppFound):
         return _app_found(event)
     return None
+
+
+def _rule_added(event: ev.AppRuleAdded) -> NotificationText:
+    """The confirmation of "Always ignore this app", with Undo."""
+    who = event.name or event.match
+    if event.action == "ignore":
+        title = f"{who} will be ignored"
+        what = "VRAM Steward no longer frees VRAM for it."
+    else:
+        title = f"{who} will always get the GPU"
+        what = "VRAM Steward frees VRAM whenever it runs."
+    return NotificationText(
+        title=title,
+        body=f'Rule saved: match = "{event.match}", action = "{event.action}". {what}',
+        coalesce_key=f"{event.kind}:{event.match}",
+        actions=(NotificationAction("Undo", REMOVE_RULE_PREFIX + event.match), OPEN_DASHBOARD),
+    )
 
 
 def _app_found(event: ev.AppFound) -> NotificationText:

@@ -75,6 +75,7 @@ class Evict:
     trigger: str
     need_bytes: int | None = None
     trigger_exe: str | None = None  # the executable behind `trigger`, when one process is (rules use it)
+    trigger_app_id: str | None = None  # the Steam AppId behind `trigger`, when a Steam game is (rules use it)
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,8 @@ class ContentionPolicy:
             return None
         reason: EvictReason | None = None
         trigger = ""
+        exe: str | None = None  # who caused it, as a per-app rule matches it
+        app_id: str | None = None
         if cond.paused:
             reason, trigger = "pause", "you paused VRAM Steward"
         elif cond.evict_now:
@@ -511,6 +513,7 @@ class ContentionPolicy:
             reason, trigger = "thermal", f"GPU {index} at {gpu.temperature_c} °C (pause above {limit} °C)"
         elif cond.evicting_games:
             reason, trigger = "game", _game_names(cond.evicting_games)
+            exe, app_id = _game_identity(cond.evicting_games, gpu)
             need = self._game_need(gpu, cond, peaks or {})
             if need is not None:  # every game here ran before: free only what it needs
                 self._pressure_samples[index] = 0
@@ -522,10 +525,10 @@ class ContentionPolicy:
                     logger.info("GPU %d: %s fits beside our models (learned peak)", index, trigger)
                     return None
                 victims = choose_victims(held, need)
-                return Evict(index, _names(victims), "game", trigger, need)
+                return Evict(index, _names(victims), "game", trigger, need, exe, app_id)
         if reason is not None:
             self._pressure_samples[index] = 0
-            return Evict(index, _names(held), reason, trigger)
+            return Evict(index, _names(held), reason, trigger, None, exe, app_id)
         # Free VRAM below the headroom is acute: someone's next allocation may fail, so act on the first
         # sample. Foreign growth with headroom still intact must persist for pressure_samples samples.
         acute = pressing and pressure.free_bytes < pressure.headroom_bytes
@@ -647,6 +650,17 @@ def _names(models: Sequence[ModelStatus]) -> tuple[str, ...]:
 
 def _game_names(games: Sequence[_Game]) -> str:
     return ", ".join(dict.fromkeys(g.signal.name for g in games))
+
+
+def _game_identity(games: Sequence[_Game], gpu: GpuSnapshot) -> tuple[str | None, str | None]:
+    """(executable name, Steam AppId) of the one game behind an eviction, as a per-app rule matches it;
+    (None, None) when several games are. The executable is the signal's, else its process's on the GPU."""
+    by_key = {game_key(g.signal): g for g in games}
+    if len(by_key) != 1:
+        return None, None
+    (game,) = by_key.values()
+    exe = game.signal.exe or next((p.name for p in gpu.processes if p.pid in game.pids), None)
+    return executable_name(exe) or None, game.signal.app_id
 
 
 _STATE_LABELS = {

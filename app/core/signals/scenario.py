@@ -24,11 +24,28 @@ class ScenarioSignals:
 
     def __init__(self, backend: SimulatedBackend) -> None:
         self._backend = backend
+        self._exes: dict[tuple[str, int | None, float], str | None] = {}
 
     def active(self) -> tuple[GameSignal, ...]:
+        signals = self._backend.active_game_signals()
+        # GameMode reads the executable of the registered pid once, when the game registers (from /proc);
+        # here, the scenario's process with that pid, by name, if it runs when the signal starts.
+        new = [s for s in signals if (s.name, s.pid, s.started_at) not in self._exes]
+        if new:
+            names = {p.pid: p.name for p in self._backend.processes()}
+            for s in new:
+                self._exes[(s.name, s.pid, s.started_at)] = names.get(s.pid) if s.pid is not None else None
+        self._exes = {key: self._exes[key] for key in ((s.name, s.pid, s.started_at) for s in signals)}
         return tuple(
-            GameSignal(name=s.name, source=s.source, pid=s.pid, app_id=s.app_id, started_at=s.started_at)
-            for s in self._backend.active_game_signals()
+            GameSignal(
+                name=s.name,
+                source=s.source,
+                pid=s.pid,
+                app_id=s.app_id,
+                exe=self._exes[(s.name, s.pid, s.started_at)],
+                started_at=s.started_at,
+            )
+            for s in signals
         )
 
     def update_settings(self, settings: Settings) -> None:

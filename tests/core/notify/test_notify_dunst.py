@@ -78,7 +78,13 @@ def test_pressing_resume_now_in_dunst_calls_on_action_resume(
     desktop: Desktop, router: NotificationRouter, actions: list[tuple[str, Event]]
 ) -> None:
     event = ev.ModelsEvicted(
-        at=0, gpu=0, models=("press-me",), reason="game", trigger="Hades", freed_bytes=10**9
+        at=0,
+        gpu=0,
+        models=("press-me",),
+        reason="game",
+        trigger="Hades",
+        freed_bytes=10**9,
+        trigger_exe="hades",
     )
     router.handle(event)
     assert router.wait_idle(5)

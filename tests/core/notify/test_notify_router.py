@@ -32,7 +32,10 @@ def refused(i: int) -> ev.LoadRefused:
 
 
 def evicted(trigger: str = "Cyberpunk 2077") -> ev.ModelsEvicted:
-    return ev.ModelsEvicted(at=0, gpu=1, models=("m",), reason="game", trigger=trigger, freed_bytes=10**9)
+    exe = trigger.replace(" ", "").lower()
+    return ev.ModelsEvicted(
+        at=0, gpu=1, models=("m",), reason="game", trigger=trigger, freed_bytes=10**9, trigger_exe=exe
+    )
 
 
 def make_router(
@@ -211,7 +214,7 @@ def test_a_pressed_button_reaches_on_action_with_its_event(aio: AsyncioThread, c
     assert router.wait_idle(5)
     text, on_action = shown.actions[0]
     on_action(text.actions[1].key)  # type: ignore[operator]
-    assert actions == [("ignore_app:Elden Ring", event)]
+    assert actions == [("ignore_app:eldenring", event)]
 
 
 def test_a_failing_action_handler_is_logged_not_raised(

@@ -13,13 +13,27 @@ from app.core.notify.text import (
     format_duration,
     merge_burst,
     notification_for,
+    rule_match,
 )
 from app.core.units import GiB
 
 
-def evicted(reason: str = "game", trigger: str = "Cyberpunk 2077", freed: int | None = 14_200_000_000):
+def evicted(
+    reason: str = "game",
+    trigger: str = "Cyberpunk 2077",
+    freed: int | None = 14_200_000_000,
+    exe: str | None = "cyberpunk2077",
+    app_id: str | None = None,
+) -> ev.ModelsEvicted:
     return ev.ModelsEvicted(
-        at=1.0, gpu=0, models=("llama-8b", "qwen-14b"), reason=reason, trigger=trigger, freed_bytes=freed
+        at=1.0,
+        gpu=0,
+        models=("llama-8b", "qwen-14b"),
+        reason=reason,
+        trigger=trigger,
+        freed_bytes=freed,
+        trigger_exe=exe,
+        trigger_app_id=app_id,
     )
 
 
@@ -32,16 +46,49 @@ def test_a_game_eviction_says_what_was_freed_and_offers_resume_and_ignore() -> N
     assert text is not None
     assert text.title == "Cyberpunk 2077 started: freed 13.2 GiB (2 models)"  # 14.2e9 bytes, in binary units
     assert "llama-8b, qwen-14b" in text.body and "GPU 0" in text.body
-    assert keys(text) == ["resume", "ignore_app:Cyberpunk 2077", "show"]
+    assert keys(text) == ["resume", "ignore_app:cyberpunk2077", "show"]  # the executable, not the title
     assert [a.label for a in text.actions] == ["Resume now", "Always ignore this app", "Open dashboard"]
     assert text.coalesce_key == "ModelsEvicted" and text.default_action == "show"
 
 
 def test_an_eviction_whose_size_is_unknown_still_reads_well() -> None:
-    text = notification_for(evicted(freed=None, reason="pressure", trigger="blender"))
+    text = notification_for(evicted(freed=None, reason="pressure", trigger="blender", exe="blender"))
     assert text is not None
     assert text.title == "blender needs VRAM: freed VRAM (2 models)"
     assert "ignore_app:blender" in keys(text)
+
+
+def test_always_ignore_names_the_app_as_a_rule_matches_it_never_the_text() -> None:
+    """Issue 16: rules from identities. A Steam game by its AppId; a pressure trigger by its executable,
+    never "Cyberpunk2077.exe (pid 4242) grew 1.2 GiB"; no identity, no button (a display name matches
+    nothing)."""
+    steam = notification_for(evicted(exe="cyberpunk2077", app_id="1091500"))
+    assert steam is not None and "ignore_app:steam:1091500" in keys(steam)
+    grew = "Cyberpunk2077.exe (pid 4242) grew 1.2 GiB"
+    pressure = notification_for(evicted(reason="pressure", trigger=grew, exe="cyberpunk2077"))
+    assert pressure is not None and "ignore_app:cyberpunk2077" in keys(pressure)
+    assert not any(grew in key for key in keys(pressure))
+    unknown = notification_for(evicted(exe=None))
+    assert unknown is not None and keys(unknown) == ["resume", "show"]
+    assert rule_match("/games/Cyberpunk2077.exe", None) == "cyberpunk2077"
+    assert rule_match(None, None) is None
+
+
+def test_a_saved_rule_is_confirmed_with_undo() -> None:
+    text = notification_for(
+        ev.AppRuleAdded(at=0, match="cyberpunk2077", action="ignore", name="Cyberpunk 2077")
+    )
+    assert text is not None
+    assert text.title == "Cyberpunk 2077 will be ignored"
+    assert 'match = "cyberpunk2077"' in text.body
+    assert next((a.label, a.key) for a in text.actions) == ("Undo", "remove_rule:cyberpunk2077")
+    assert text.urgency is not Urgency.CRITICAL
+    assert notification_for(ev.AppRuleRemoved(at=0, match="cyberpunk2077", action="ignore")) is None
+
+
+def test_a_known_lasting_condition_is_not_a_sticky_critical_notification() -> None:
+    text = notification_for(ev.BackendProblem(at=0, state="no_driver", message="NVIDIA driver not found"))
+    assert text is not None and text.urgency is Urgency.NORMAL
 
 
 @pytest.mark.parametrize("reason", ["user", "pause", "sleep", "lost"])
@@ -108,7 +155,6 @@ def test_a_frozen_app_says_what_moved_to_ram_and_how_to_thaw() -> None:
     "event, title",
     [
         (ev.GpuLost(at=0, gpu=0, message="fell off the bus"), "GPU 0 lost"),
-        (ev.BackendProblem(at=0, state="error", message="NVML failed"), "GPU monitoring problem"),
         (ev.EngineError(at=0, where="tick", message="boom"), "VRAM Steward hit an internal error"),
         (ev.HostDied(at=0, gpu=1, pid=7, exit_code=-9, models=("a",)), "Model host on GPU 1 stopped"),
         (

@@ -78,7 +78,8 @@ def test_game_signal_evicts_everything_at_once_and_resumes_only_after_the_cooldo
     world.clock.advance(0.1)
     decision = world.tick(games=[CYBERPUNK])
     evicts = actions_of([decision], Evict)
-    assert evicts == [Evict(0, ("llama-8b", "embedder"), "game", "Cyberpunk 2077")]
+    # the game's identity travels with the eviction: its notification offers a rule that matches it
+    assert evicts == [Evict(0, ("llama-8b", "embedder"), "game", "Cyberpunk 2077", trigger_app_id="1091500")]
     assert RefuseLoads(0, "game", "Cyberpunk 2077 is running") in decision.actions
     assert decision.state == EngineState.EVICTED_FOR_GAME
     assert world.resident() == []
@@ -190,7 +191,8 @@ def test_turning_auto_pause_on_mid_game_evicts_on_the_next_tick() -> None:
     assert world.resident() == ["embedder", "llama-8b"]
     world.update_settings(replace(world.settings, auto_pause_for_gaming=True))
     decision = world.tick(games=[CYBERPUNK])
-    assert actions_of([decision], Evict) == [Evict(0, ("llama-8b", "embedder"), "game", "Cyberpunk 2077")]
+    evicts = actions_of([decision], Evict)
+    assert evicts == [Evict(0, ("llama-8b", "embedder"), "game", "Cyberpunk 2077", trigger_app_id="1091500")]
 
 
 def test_a_game_evicts_only_its_gpu_once_it_is_on_one() -> None:
@@ -200,7 +202,8 @@ def test_a_game_evicts_only_its_gpu_once_it_is_on_one() -> None:
     world.tick()
     world.set_process(1, proc(700, "Cyberpunk2077.exe", 3 * GiB))
     decision = world.tick(games=[CYBERPUNK])
-    assert actions_of([decision], Evict) == [Evict(1, ("on-1",), "game", "Cyberpunk 2077")]
+    evicts = actions_of([decision], Evict)
+    assert evicts == [Evict(1, ("on-1",), "game", "Cyberpunk 2077", None, "cyberpunk2077", "1091500")]
     assert world.resident() == ["on-0"]
 
 
@@ -218,7 +221,9 @@ def test_per_app_evict_rule_counts_as_a_game_even_with_auto_pause_off() -> None:
     world = world_with_models(settings)
     world.set_process(0, proc(900, "/usr/bin/blender", 100 * MiB, ProcessKind.COMPUTE))
     decision = world.tick()
-    assert actions_of([decision], Evict) == [Evict(0, ("llama-8b", "embedder"), "game", "blender")]
+    assert actions_of([decision], Evict) == [
+        Evict(0, ("llama-8b", "embedder"), "game", "blender", trigger_exe="blender")
+    ]
     assert decision.state == EngineState.EVICTED_FOR_GAME
 
 

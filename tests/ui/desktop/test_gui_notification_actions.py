@@ -23,7 +23,12 @@ GAME = ev.ModelsEvicted(
     reason="game",
     trigger="Cyberpunk 2077",
     freed_bytes=8_600_000_000,
+    trigger_exe="cyberpunk2077",
 )
+
+
+def confirmation_event(stepped: Any) -> ev.Event:
+    return next(e for e in stepped.steward.snapshot.recent_events if isinstance(e, ev.AppRuleAdded))
 
 
 def press(notifications: GuiNotifications, key: str, event: ev.Event) -> None:
@@ -57,9 +62,9 @@ def test_notification_buttons_reach_the_engine_the_dashboard_and_the_settings(
     ignored_on: list[threading.Thread] = []
     real_ignore = app.ignore_app
 
-    def ignore_app(name: str) -> None:
+    def ignore_app(match: str, name: str = "") -> None:
         ignored_on.append(threading.current_thread())
-        real_ignore(name)
+        real_ignore(match, name)
 
     app.ignore_app = ignore_app  # type: ignore[method-assign]
     try:
@@ -74,7 +79,7 @@ def test_notification_buttons_reach_the_engine_the_dashboard_and_the_settings(
             "log",
             "Cyberpunk 2077 started: freed 8.0 GiB (1 model)",  # 8.6e9 bytes
         )
-        assert [a.key for a in delivery.text.actions] == ["resume", "ignore_app:Cyberpunk 2077", "show"]
+        assert [a.key for a in delivery.text.actions] == ["resume", "ignore_app:cyberpunk2077", "show"]
 
         # "Resume now" becomes the engine's resume command (here it ends a pause).
         app.send("pause")
@@ -87,13 +92,31 @@ def test_notification_buttons_reach_the_engine_the_dashboard_and_the_settings(
         press(notifications, "show", GAME)
         qtbot.waitUntil(app.dashboard.isVisible, timeout=5000)
 
-        # "Always ignore this app": a rule in the file, in the app, in the engine; handled on the GUI thread.
-        press(notifications, "ignore_app:Cyberpunk 2077", GAME)
-        rule = AppRule(match="Cyberpunk 2077", action="ignore")
+        # "Always ignore this app": the executable's rule in the file, in the app, in the engine (through its
+        # door, recorded as AppRuleAdded); handled on the GUI thread; the confirmation offers Undo.
+        press(notifications, "ignore_app:cyberpunk2077", GAME)
+        rule = AppRule(match="cyberpunk2077", action="ignore")
         qtbot.waitUntil(lambda: rule in app.settings.app_rules, timeout=5000)
         assert ignored_on == [threading.main_thread()]
         assert config.load_settings(path).app_rules == (rule,)
         qtbot.waitUntil(lambda: rule in stepped.steward.settings.app_rules, timeout=5000)
+        qtbot.waitUntil(
+            lambda: any(
+                d.text.title == "Cyberpunk 2077 will be ignored" for d in notifications.router.deliveries
+            ),
+            timeout=5000,
+        )
+        confirmation = next(d for d in notifications.router.deliveries if "ignored" in d.text.title)
+        assert next(a.key for a in confirmation.text.actions) == "remove_rule:cyberpunk2077"
+        assert app.rules_view.rule_lines() and "cyberpunk2077" in app.rules_view.rule_lines()[0]
+        added = [e for e in stepped.steward.snapshot.recent_events if isinstance(e, ev.AppRuleAdded)]
+        assert [(e.match, e.name) for e in added] == [("cyberpunk2077", "Cyberpunk 2077")]
+
+        # Undo: the rule leaves the file, the app, the engine and the rules list.
+        press(notifications, "remove_rule:cyberpunk2077", confirmation_event(stepped))
+        qtbot.waitUntil(lambda: not stepped.steward.settings.app_rules, timeout=5000)
+        assert config.load_settings(path).app_rules == () and app.settings.app_rules == ()
+        assert app.rules_view.rule_lines() == []
     finally:
         app.shutdown()
     # Ordered shutdown closed the router and stopped the loop it ran on.
