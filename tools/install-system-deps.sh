@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   gcc            # compiles the stand-in libnvidia-ml.so.1 for the NVML tests
+  g++ cmake ninja-build  # build llama.cpp's real llama-server for its test (tools/build-llama-server.sh)
   python3-venv   # `make` creates .venv
   xvfb           # a real X server for the tray and notification tests
   dbus           # private session buses in tests
@@ -14,6 +15,8 @@ PACKAGES=(
   gamemode       # the real GameMode daemon (game signal tests)
   prometheus     # promtool for the alert rules
   desktop-file-utils  # desktop-file-validate for the .desktop files
+  libvulkan1 libvulkan-dev mesa-vulkan-drivers  # the Vulkan loader, headers, lavapipe: the layer's tests
+  gcc-multilib   # the 32-bit build of the Vulkan layer (32-bit games)
   libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 )
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import importlib
 
 # The order in which commands appear in --help.
-COMMAND_MODULES = ("status", "config_cmd", "models", "games", "daemon", "control", "replay", "gui")
+COMMAND_MODULES = (
+    "status",
+    "config_cmd",
+    "models",
+    "games",
+    "vulkan_layer",
+    "daemon",
+    "control",
+    "discover",
+    "replay",
+    "gui",
+)
 
 
 def command_modules() -> list[str]:

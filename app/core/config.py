@@ -96,6 +96,8 @@ class SettingSpec:
         if self.choices:
             return "one of " + ", ".join(f'"{c}"' for c in self.choices)
         if self.kind is SpecKind.TEXT:
+            if self.default == "":  # an optional path: empty means none
+                return "a string in quotes (empty: none)"
             return "a non-empty string in quotes"
         if self.kind is SpecKind.TEXT_LIST:
             return 'a list of non-empty strings, e.g. ["blender"]'
@@ -133,6 +135,8 @@ class SettingSpec:
                 if not isinstance(raw, list) or not all(isinstance(v, str) and v.strip() for v in raw):
                     raise ValueError(expected)
                 return tuple(raw)
+            if raw == "" and self.default == "":  # an optional path (api_tls_cert): empty means none
+                return raw
             if not isinstance(raw, str) or not raw.strip() or (self.choices and raw not in self.choices):
                 raise ValueError(expected)
             return raw
@@ -225,6 +229,12 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
           "Keep models loaded while on battery power.", "Eviction"),
     _spec("exclusive_apps", SpecKind.TEXT_LIST, "Exclusive applications",
           "Executables that always get the GPU to themselves.", "Eviction"),
+    _spec("vulkan_layer_socket", _B, "Answer the Vulkan layer",
+          "Listen for the optional Vulkan layer (vram-steward vulkan-layer install), which reports a game "
+          "before it creates its device.", "Eviction"),
+    _spec("vulkan_unknown_apps", _T, "Unknown Vulkan apps",
+          "wait: free VRAM for any Vulkan app that is not a known game or desktop program; ignore: only "
+          "for games.", "Eviction", choices=("wait", "ignore")),
     _spec("process_check_interval_secs", _F, "Game scan interval",
           "How often the process table is scanned for games.", "Timing", unit="s", minimum=0.05, maximum=60),
     _spec("poll_interval_secs", _F, "Poll interval (holding)",
@@ -249,6 +259,9 @@ SETTING_SPECS: tuple[SettingSpec, ...] = (
           minimum=0, maximum=65535),
     _spec("allow_remote_api", _B, "Allow remote API",
           "Allow a non-loopback API address (reachable from the network).", "API"),
+    _spec("api_tls_cert", _T, "API TLS certificate",
+          "PEM certificate the remote API serves (empty: a self-signed one, made at first use).", "API"),
+    _spec("api_tls_key", _T, "API TLS key", "The private key of api_tls_cert (PEM).", "API"),
 )  # fmt: skip
 
 SPECS_BY_KEY: dict[str, SettingSpec] = {s.key: s for s in SETTING_SPECS}
@@ -732,6 +745,7 @@ def _validate(
     """Settings from the parsed (schema 2) data, or ConfigErrors naming every problem."""
     problems = _Problems(path, text)
     values = _validate_scalars(raw, problems)
+    _check_tls_files(values, raw, problems, check_files=check_files, base=base)
     gpu_device = values.get("gpu_device", SPECS_BY_KEY["gpu_device"].default)
     models = _validate_models(raw, problems, gpu_device=gpu_device, check_files=check_files, base=base)
     rules = [AppRule(**e) for _, e, ok in _table_entries(raw, TABLES_BY_KEY["app_rules"], problems) if ok]
@@ -770,6 +784,37 @@ def _validate_scalars(raw: Mapping[str, Any], problems: _Problems) -> dict[str, 
             f"at least resume_cooldown_secs ({_number_text(merged['resume_cooldown_secs'])})",
         )
     return values
+
+
+def _check_tls_files(
+    values: dict[str, Any],
+    raw: Mapping[str, Any],
+    problems: _Problems,
+    *,
+    check_files: bool,
+    base: Path | None,
+) -> None:
+    """api_tls_cert and api_tls_key: both or neither, relative paths read from the config's folder; with
+    check_files, each a readable regular file (else `config check` names the key and the path)."""
+    cert, key = values.get("api_tls_cert", ""), values.get("api_tls_key", "")
+    if bool(cert) != bool(key):
+        missing, given = ("api_tls_key", "api_tls_cert") if cert else ("api_tls_cert", "api_tls_key")
+        problems.add((missing,), raw.get(missing, ""), f"set together with {given} (or neither)")
+        return
+    for key_name in ("api_tls_cert", "api_tls_key"):
+        value = values.get(key_name, "")
+        if not value:
+            continue
+        file = _expand_path(value, base)
+        values[key_name] = str(file)
+        if not check_files:
+            continue
+        if not file.exists():
+            problems.add((key_name,), value, f"an existing file; {file} does not exist")
+        elif not file.is_file():
+            problems.add((key_name,), value, f"a regular file; {file} is not one")
+        elif not os.access(file, os.R_OK):
+            problems.add((key_name,), value, f"a file this user can read; {file} is not readable")
 
 
 def _validate_models(
@@ -1043,6 +1088,30 @@ def add_server(path: Path | None, server: ServerConfig) -> Settings:
     return update_settings(path, servers=(*current.servers, server))
 
 
+def add_app_rule(path: Path | None, rule: AppRule) -> Settings:
+    """Save one `[[app_rules]]` entry, keeping the file as written (comments included): what "Always ignore
+    this app" does. A rule with the same `match` is replaced; the same rule is not added twice."""
+    path = Path(path) if path is not None else paths.default_config_file()
+    current = load_settings(path, check_files=False) if (path.exists() or path.is_symlink()) else Settings()
+    if rule in current.app_rules:
+        return current
+    kept = tuple(r for r in current.app_rules if r.match != rule.match)
+    if len(kept) < len(current.app_rules):
+        update_settings(path, app_rules=kept)
+    return update_settings(path, app_rules=(*kept, rule))
+
+
+def remove_app_rule(path: Path | None, match: str) -> Settings:
+    """Remove the `[[app_rules]]` entry whose `match` is this (Undo, the dashboard's Remove); the other
+    entries and the rest of the file stay as written. No such rule: the settings as they are."""
+    path = Path(path) if path is not None else paths.default_config_file()
+    current = load_settings(path, check_files=False) if (path.exists() or path.is_symlink()) else Settings()
+    kept = tuple(r for r in current.app_rules if r.match != match)
+    if len(kept) == len(current.app_rules):
+        return current
+    return update_settings(path, app_rules=kept)
+
+
 # --- editing a tomlkit document in place ---------------------------------------------------------
 
 
@@ -1106,6 +1175,12 @@ def _apply_table(doc: tomlkit.TOMLDocument, key: str, current: Settings, new: Se
         for entry in new_entries[len(old_entries) :]:
             existing.append(_new_entry(key, entry, new))
         return
+    if isinstance(existing, tomlkit.items.AoT) and len(existing) == len(old_entries) == len(new_entries) + 1:
+        # one entry removed (a rule's Undo): the others stay as written, comments included
+        gone = next((i for i, entry in enumerate(new_entries) if entry != old_entries[i]), len(new_entries))
+        if (*old_entries[:gone], *old_entries[gone + 1 :]) == tuple(new_entries):
+            del existing[gone]
+            return
     if not isinstance(existing, list) or not len(existing) == len(old_entries) == len(new_entries):
         aot = tomlkit.aot()
         for entry in new_entries:

@@ -171,6 +171,7 @@ class ModelsEvicted(Event):
     freed_bytes: int | None  # what the evicted models held; None when a size is unknown
     duration_s: float | None = None  # how long the holders took to free the models (engine clock)
     trigger_exe: str | None = None  # the executable that caused it ("blender"), when one process did
+    trigger_app_id: str | None = None  # the Steam AppId of the game that caused it, when Steam knows it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +197,7 @@ class GameStarted(Event):
     source: str  # gamemode | steam | exclusive_app | scenario
     pid: int | None = None
     app_id: str | None = None
+    exe: str | None = None  # the game's executable (a path or a name), when known
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,6 +206,7 @@ class GameEnded(Event):
     source: str
     pid: int | None = None
     app_id: str | None = None
+    exe: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +216,8 @@ class GameWarning(Event):
     severity: ClassVar[Severity] = Severity.WARNING
     gpu: int
     name: str
+    exe: str | None = None
+    app_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,6 +241,41 @@ class Paused(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Unpaused(Event):
+    by: str = "user"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvictRequested(Event):
+    """Someone asked for Evict now (the tray, a notification, `vram-steward evict`). `gpu` None: every GPU."""
+
+    by: str = "user"
+    gpu: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReloadRequested(Event):
+    """Someone asked for Reload now: evicted models come back without waiting for the cooldown."""
+
+    by: str = "user"
+    gpu: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppRuleAdded(Event):
+    """A per-application rule took effect (saved in the settings file by whoever asked for it)."""
+
+    match: str  # what the rule matches: an executable name ("cyberpunk2077") or "steam:<AppId>"
+    action: str  # ignore | evict
+    name: str = ""  # the application for people ("Cyberpunk 2077"), when known
+    by: str = "user"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppRuleRemoved(Event):
+    """A per-application rule was removed (Undo, the dashboard's Remove)."""
+
+    match: str
+    action: str
     by: str = "user"
 
 
@@ -344,6 +384,36 @@ class AppFound(Event):
         return f"found {self.display_name} at {self.url}, not managed yet"
 
 
+@dataclass(frozen=True, kw_only=True)
+class VulkanDeviceStarting(Event):
+    """The Vulkan layer reported a game creating its device, and we answered it (app/core/vulkan/): after
+    freeing our models on that GPU, or at the layer's deadline. Not from the engine's thread: the layer's
+    socket thread reports it. Reports answered at once (desktop programs, ignored apps) are only logged."""
+
+    program: str  # "Cyberpunk2077.exe"
+    pid: int
+    gpu: int | None  # the NVML index the device is on; None: not known (every GPU was freed)
+    freed_bytes: int  # our models' sizes on that GPU that held VRAM when it reported
+    waited_s: float  # how long its vkCreateDevice waited for us
+    outcome: str  # "freed" | "deadline" (the layer's wait ran out first) | "nothing to free"
+    why: str = ""  # why it counts as a game: "a Steam game", "runs under Wine or Proton", ...
+
+    def describe(self) -> str:
+        where = f"GPU {self.gpu}" if self.gpu is not None else "every GPU"
+        ms = round(self.waited_s * 1000)
+        if self.outcome == "nothing to free":
+            return f"{self.program} is starting on {where}: nothing of ours to free"
+        if self.outcome == "deadline":
+            return (
+                f"{self.program} is starting on {where}: {format_bytes(self.freed_bytes)} not yet freed "
+                f"when its wait ended ({ms} ms)"
+            )
+        return (
+            f"{self.program} is starting on {where}: freed {format_bytes(self.freed_bytes)} in {ms} ms "
+            "before it created its device"
+        )
+
+
 # --- the audit log -------------------------------------------------------------------------------
 
 
@@ -432,6 +502,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BackendProblem,
         Paused,
         Unpaused,
+        EvictRequested,
+        ReloadRequested,
+        AppRuleAdded,
+        AppRuleRemoved,
         SettingsApplied,
         ShowRequested,
         EngineError,
@@ -440,6 +514,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelPartlyOnCpu,
         ModelReloadedWhileHeld,
         AppFound,
+        VulkanDeviceStarting,
     )
 }
 

@@ -73,7 +73,11 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8765
     allow_remote_api: bool = False
+    api_tls_cert: str = ""  # PEM certificate for the remote API ("": a self-signed one in the state dir)
+    api_tls_key: str = ""  # its PEM private key
     exclusive_apps: tuple[str, ...] = ()
+    vulkan_layer_socket: bool = True  # answer the optional Vulkan layer (docs/vulkan-layer.md)
+    vulkan_unknown_apps: str = "ignore"  # "wait" | "ignore": Vulkan apps that are neither games nor desktop
     app_rules: tuple[AppRule, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     servers: tuple[ServerConfig, ...] = ()

@@ -28,6 +28,7 @@ from app.core.signals.scenario import simulated_signals
 if TYPE_CHECKING:
     from app.core.api.server import ApiServer
     from app.core.servers.discovery import DiscoveryWatcher
+    from app.core.vulkan.signals import VulkanLayerSignals
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Runtime:
     api: ApiServer | None = None
     sleep_watcher: object | None = None
     discovery: DiscoveryWatcher | None = None  # finds unmanaged AI apps (real runs only); subscribe to it
+    vulkan_layer: VulkanLayerSignals | None = None  # the Vulkan layer's socket; subscribe to its events
 
     def start_worker(self) -> None:
         self.worker = threading.Thread(
@@ -223,6 +225,15 @@ def build_runtime(
             engine.wake()
 
     signals = make_signals(settings, backend, clock, aio, wake=wake)
+    vulkan_layer = None
+    if simulate is None or with_api:  # a replay (no API) stays exact and private: it opens no socket
+        from app.core.policy.signals import CompositeSignals
+        from app.core.vulkan.signals import VulkanLayerSignals
+
+        # serves the socket only while settings.vulkan_layer_socket is on (it follows settings changes)
+        vulkan_layer = VulkanLayerSignals(settings, clock=clock, wake=wake)
+        inner = signals.sources if isinstance(signals, CompositeSignals) else (signals,)
+        signals = CompositeSignals([*inner, vulkan_layer])  # one flat list: each source fails alone
     steward = Steward(
         settings,
         backend,
@@ -237,6 +248,9 @@ def build_runtime(
         new_holders=managed.new_holders if managed is not None else None,
     )
     engines.append(steward)
+    if vulkan_layer is not None:  # its answers wait for snapshots that show our VRAM freed
+        steward.subscribe_snapshots(vulkan_layer.observe)
+        vulkan_layer.subscribe(steward.post)  # its reports join the engine's events (audit, status, UI)
     sleep_watcher = watch_sleep(steward, aio) if aio is not None and simulate is None else None
     runtime = Runtime(
         settings=settings,
@@ -246,12 +260,14 @@ def build_runtime(
         aio=aio,
         sleep_watcher=sleep_watcher,
     )
+    runtime.vulkan_layer = vulkan_layer
     if simulate is None:  # a simulation must not probe the real machine
         from app.core.servers.discovery import DiscoveryWatcher
 
         runtime.discovery = DiscoveryWatcher.for_backend(lambda: runtime.settings.servers, backend)
         runtime.discovery.start()  # its own daemon thread: the engine never waits on a probe
     if with_api and aio is not None:
+        from app.core.api.endpoint import api_socket_file
         from app.core.api.metrics import StewardMetrics
         from app.core.api.server import ApiServer
         from app.core.api.token import issue_token
@@ -265,8 +281,13 @@ def build_runtime(
             allow_remote=settings.allow_remote_api,
             endpoint_file=paths.api_endpoint_file(),
             metrics=metrics.render,
+            unix_socket=api_socket_file(),  # the CLI's channel: the kernel checks the peer's user
+            tls_cert=settings.api_tls_cert or None,  # TLS when remote: these, or a self-signed one
+            tls_key=settings.api_tls_key or None,
         )
         metrics.queue_lengths = api.reservations.queue_lengths
+        if runtime.discovery is not None:
+            api.discovery_report = runtime.discovery.report  # GET /v1/discovered
         try:
             aio.run(api.start(), timeout_s=10.0)  # ApiPortUnavailable when the port is taken
         except BaseException:

@@ -124,12 +124,31 @@ def test_a_game_freezes_an_8_gib_pytorch_process_and_the_cooldown_restores_it(
     settings = Settings(resume_cooldown_secs=2.0)
     backend = NvmlBackend()
     ledgers = Ledgers(settings.headroom_bytes)
+    marks: dict[str, float] = {}  # each step's time, to explain where signal->frozen goes
+
+    def timed_run(job: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        marks.setdefault("job_started", time.monotonic())
+
+        def work() -> None:
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the holder as the job's outcome
+                future.set_exception(exc)
+            marks.setdefault("job_done", time.monotonic())
+
+        threading.Thread(target=work, daemon=True).start()
+        return future
+
     holder = FreezeHolder(
         [FreezeRule("pytorch-target", "unused")],
         backend=backend,
         ledgers=ledgers,
         driver=lambda: driver,
         find=lambda rule: [target.pid],
+        run=timed_run,
     )
     signals = ScriptedSignals()
     steward = Steward(settings, backend, [holder], signals=signals, ledgers=ledgers)
@@ -143,6 +162,8 @@ def test_a_game_freezes_an_8_gib_pytorch_process_and_the_cooldown_restores_it(
         started = time.monotonic()
         assert wait_until(lambda: nvml_used(target.pid) <= 64 << 20, 120), "the process was not frozen"
         frozen_s = time.monotonic() - started
+        steps = {k: round(v - started, 2) for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
+        print(f"signal -> frozen in NVML {frozen_s:.2f} s; steps after the signal (s): {steps}")
         snapshot = steward.snapshot
         assert snapshot is not None and [m.state for m in snapshot.models] == ["frozen"]
         signals.games = ()

@@ -25,12 +25,16 @@ import psutil
 
 from app.core import events as ev
 from app.core.engine.commands import (
+    AddAppRule,
     ApplySettings,
     EngineCommand,
     LoadRefused,
     Outcome,
     PrepareForSleep,
+    ReloadNow,
+    RemoveAppRule,
     command_name,
+    policy_command,
 )
 from app.core.engine.game_peaks import GamePeaks, LearnedGame
 from app.core.errors import InvalidInput, VramError
@@ -146,6 +150,7 @@ class Steward:
         self.classifier = ProcessClassifier(settings, clock=clock)
         self.policy = ContentionPolicy(settings, clock=clock)
         self._requests: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._posted: queue.SimpleQueue[Event] = queue.SimpleQueue()  # events from other threads (post)
         self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
         self._listeners: list[Callable[[Event], None]] = []
         self._snapshot_listeners: list[Callable[[StewardSnapshot], None]] = []
@@ -207,6 +212,12 @@ class Steward:
             self._battery = None if battery is None else not battery.power_plugged
         return self._battery
 
+    def post(self, event: Event) -> None:
+        """An event that happened on another thread (the Vulkan layer's socket): emitted on the engine's
+        thread at its next step, like its own events (recent events, audit log, every subscriber)."""
+        self._posted.put(event)
+        self.wake()
+
     def wake(self) -> None:
         """Tick now instead of at the next interval (a command arrived, a game signal changed)."""
         self._wake.set()
@@ -257,6 +268,7 @@ class Steward:
         what the probe cannot see (temperature, utilization, reservations expiring) waits at most
         REFRESH_S. This is most steps while models sit resident at 10 Hz, and what keeps the idle cost
         low (docs/BENCHMARKS.md)."""
+        self._emit_posted()
         prev = self._snapshot
         if prev is not None and self._still():
             self.probes += 1
@@ -288,6 +300,7 @@ class Steward:
     def tick(self) -> StewardSnapshot:
         """One sample → classify → decide → act → publish cycle."""
         self._tick += 1
+        self._emit_posted()
         requests = self._drain()
         requests = self._apply_engine_commands(requests)
         now = self.clock()
@@ -323,7 +336,7 @@ class Steward:
             games=games,
             our_expected_bytes=self._expected_bytes(models),
         )
-        commands = tuple(r.command for r in requests if isinstance(r.command, Command))
+        commands = tuple(c for c in (policy_command(r.command) for r in requests) if c is not None)
         decision = self.policy.decide(
             PolicyInputs(
                 snapshot=telemetry,
@@ -393,12 +406,40 @@ class Steward:
                 if command.sleeping:
                     request.pending = True
                     self._sleep_waiters.append(request)
+            elif isinstance(command, (AddAppRule, RemoveAppRule)):
+                self._change_app_rules(command, request)
+            elif isinstance(command, ReloadNow):
+                self._emit(ev.ReloadRequested(at=self.clock(), gpu=command.gpu))
+            elif command.kind == "evict_now":
+                self._emit(ev.EvictRequested(at=self.clock(), gpu=command.gpu))
             elif command.kind in ("pause", "resume"):
                 cls = ev.Paused if command.kind == "pause" else ev.Unpaused
                 self._emit(cls(at=self.clock(), by="user"))
             elif command.kind == "show":
                 self._emit(ev.ShowRequested(at=self.clock()))
         return requests
+
+    def _change_app_rules(self, command: AddAppRule | RemoveAppRule, request: _Request) -> None:
+        """A rule added or removed: the policy and the classifier follow from this tick on."""
+        rules = self.settings.app_rules
+        match = command.rule.match if isinstance(command, AddAppRule) else command.match
+        kept = tuple(r for r in rules if r.match != match)
+        removed = next((r for r in rules if r.match == match), None)
+        new_rules = (*kept, command.rule) if isinstance(command, AddAppRule) else kept
+        try:
+            if new_rules != rules:
+                self.update_settings(dataclasses.replace(self.settings, app_rules=new_rules))
+        except Exception as exc:
+            logger.exception("changing the per-app rules failed")
+            request.future.set_exception(exc)
+            return
+        if isinstance(command, AddAppRule):
+            rule = command.rule
+            self._emit(
+                ev.AppRuleAdded(at=self.clock(), match=rule.match, action=rule.action, name=command.name)
+            )
+        elif removed is not None:
+            self._emit(ev.AppRuleRemoved(at=self.clock(), match=removed.match, action=removed.action))
 
     def _answer_sleep_waiters(self, snapshot: StewardSnapshot) -> None:
         """The sleep handshake completes once none of our holders' processes holds VRAM any more (or the
@@ -512,6 +553,14 @@ class Steward:
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _emit_posted(self) -> None:
+        while True:
+            try:
+                event = self._posted.get_nowait()
+            except queue.Empty:
+                return
+            self._emit(event)
+
     def _drain(self) -> list[_Request]:
         requests: list[_Request] = []
         while True:
@@ -578,7 +627,12 @@ class Steward:
                 elif isinstance(action, RefuseLoads):
                     refused[action.gpu] = action.reason
                 elif isinstance(action, WarnGame):
-                    self._emit(ev.GameWarning(at=self.clock(), gpu=action.gpu, name=action.game.name))
+                    game = action.game
+                    self._emit(
+                        ev.GameWarning(
+                            at=self.clock(), gpu=action.gpu, name=game.name, exe=game.exe, app_id=game.app_id
+                        )
+                    )
             except Exception as exc:
                 logger.exception("action %s failed", action)
                 self._emit(ev.EngineError(at=self.clock(), where=type(action).__name__, message=str(exc)))
@@ -706,6 +760,7 @@ class Steward:
                 freed_bytes=freed,
                 duration_s=duration_s,
                 trigger_exe=action.trigger_exe,
+                trigger_app_id=action.trigger_app_id,
             )
         )
 
@@ -771,7 +826,12 @@ class Steward:
             if key not in seen:
                 self._emit(
                     ev.GameStarted(
-                        at=self.clock(), name=game.name, source=game.source, pid=game.pid, app_id=game.app_id
+                        at=self.clock(),
+                        name=game.name,
+                        source=game.source,
+                        pid=game.pid,
+                        app_id=game.app_id,
+                        exe=game.exe,
                     )
                 )
         for key, game in seen.items():
@@ -780,7 +840,12 @@ class Steward:
                     self._learn_game_ended(game)
                 self._emit(
                     ev.GameEnded(
-                        at=self.clock(), name=game.name, source=game.source, pid=game.pid, app_id=game.app_id
+                        at=self.clock(),
+                        name=game.name,
+                        source=game.source,
+                        pid=game.pid,
+                        app_id=game.app_id,
+                        exe=game.exe,
                     )
                 )
         self._games_seen = now

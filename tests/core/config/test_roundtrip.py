@@ -51,6 +51,10 @@ def value_for(spec: SettingSpec) -> st.SearchStrategy[Any]:
         )
     if spec.kind is SpecKind.TEXT_LIST:
         return st.lists(WORDS, max_size=3).map(tuple)
+    if spec.key in ("api_tls_cert", "api_tls_key"):
+        return st.just("")  # files that must exist in pairs: tests/core/api/test_remote_tls.py
+    if spec.choices:
+        return st.sampled_from(list(spec.choices))
     assert spec.key == "api_host"
     return st.sampled_from(["127.0.0.1", "localhost", "::1"])
 
