@@ -16,6 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,20 @@ def test_a_vulkan_game_filling_95_percent_gets_every_allocation(
     events: list[object] = []
     assert runtime.vulkan_layer is not None and runtime.vulkan_layer.serving
     runtime.vulkan_layer.subscribe(events.append)
+    timeline: list[tuple[float, str, int]] = []  # (time, model states, our bytes in NVML) at each change
+
+    def note(snapshot: Any) -> None:
+        states = ",".join(m.state for m in snapshot.models)
+        ours = sum(
+            p.used_bytes or 0
+            for g in snapshot.telemetry.gpus
+            for p in g.processes
+            if snapshot.roles.get((g.index, p.pid)) == "self"
+        )
+        if not timeline or timeline[-1][1:] != (states, ours):
+            timeline.append((time.monotonic(), states, ours))
+
+    runtime.steward.subscribe_snapshots(note)
     runtime.start_worker()
 
     def wait_resident() -> None:
@@ -68,11 +83,14 @@ def test_a_vulkan_game_filling_95_percent_gets_every_allocation(
         print(f"reference, layer off (polling only): {json.dumps(fill_summary(reference.devices))}")
         assert not events, "the disabled layer reported nothing"
         wait_resident()
+        layered_at = time.monotonic()
         run = world.run(
             "--nvidia", "--fill-percent", "95", "--block-mib", "1024", timeout_s=300, **WINDOWS_GAME_ENV
         )
         assert run.returncode == 0, run.stderr
         summary = fill_summary(run.devices)
+        steps = [(round(t - layered_at, 3), states, round(ours / GiB, 2)) for t, states, ours in timeline]
+        print(f"engine after the game started (s, states, our GiB): {[s for s in steps if s[0] > -1]}")
         print(f"Vulkan game on the NVIDIA GPU: {json.dumps(summary)}; events: {[str(e) for e in events]}")
         assert summary["failed"] == 0, f"failed allocations: {summary}"
         assert float(summary["taken_gib"]) >= 0.9 * float(summary["heap_gib"])  # type: ignore[arg-type]

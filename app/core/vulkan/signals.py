@@ -47,6 +47,7 @@ SOCKET_NAME = "vulkan.sock"
 ANSWER_MARGIN_S = 0.02  # answer this much before the layer's deadline, so the answer is not wasted
 LIVENESS_CHECK_S = 0.5  # how often active() asks whether the reporting processes still live
 RECHECK_S = 0.01  # while a game waits and no snapshot came, wake the engine this often
+SELF_RESIDUE_BYTES = 768 << 20  # what a CUDA context of ours may still hold while its process exits
 HOLDING_STATES = frozenset({ModelState.RESIDENT, ModelState.LOADING})
 
 
@@ -241,14 +242,24 @@ def _gpu_for(uuid: str | None, snapshot: StewardSnapshot | None) -> tuple[bool, 
 
 
 def _freed(snapshot: StewardSnapshot, pid: int, gpu: int | None) -> bool:
-    """The engine has seen the game, and none of our models nor processes holds VRAM on that GPU."""
+    """The engine has seen the game, none of our models holds VRAM on that GPU, and NVML shows it back: our
+    processes there hold at most a CUDA context that is being torn down (a residency host exits after its
+    free; measured on an H100, its last ~0.5 GiB context takes longer to leave NVML than the weights did)."""
     if all(g.pid != pid for g in snapshot.games):
         return False
     if any(m.state in HOLDING_STATES and (gpu is None or m.gpu == gpu) for m in snapshot.models):
         return False
-    return not any(
-        role == Role.SELF and (gpu is None or index == gpu) for (index, _), role in snapshot.roles.items()
-    )
+    left = 0
+    for sample in snapshot.telemetry.gpus:
+        if gpu is not None and sample.index != gpu:
+            continue
+        for process in sample.processes:
+            if snapshot.roles.get((sample.index, process.pid)) != Role.SELF:
+                continue
+            if process.used_bytes is None:
+                return False  # cannot tell what it still holds: wait for it to leave
+            left += process.used_bytes
+    return left <= SELF_RESIDUE_BYTES
 
 
 def _create_time(pid: int) -> float | None:
