@@ -65,7 +65,46 @@ def ask(process: subprocess.Popen[str], command: str) -> list[str]:
     return process.stdout.readline().split()
 
 
-def one_size(driver: Any, gib: int, folder: Path) -> dict[str, Any]:
+class NvmlPoller:
+    """What a watcher does while a freeze runs: NVML's process list on GPU 0, `hz` times a second, with an
+    init and shutdown around each read (as tests/gpu's nvml_used does) or one init for all (as the engine)."""
+
+    def __init__(self, hz: float, *, init_each: bool) -> None:
+        import threading
+
+        self.hz, self.init_each, self.reads = hz, init_each, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> NvmlPoller:
+        if self.hz > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.hz > 0:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        import pynvml
+
+        if not self.init_each:
+            pynvml.nvmlInit()
+        while not self._stop.wait(1.0 / self.hz):
+            if self.init_each:
+                pynvml.nvmlInit()
+            pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(0))
+            if self.init_each:
+                pynvml.nvmlShutdown()
+            self.reads += 1
+        if not self.init_each:
+            pynvml.nvmlShutdown()
+
+
+def one_size(
+    driver: Any, gib: int, folder: Path, *, poll_hz: float = 0.0, init_each: bool = False
+) -> dict[str, Any]:
     path = folder / f"weights-{gib}g.bin"
     write_weights(path, gib * GiB)
     process = subprocess.Popen(
@@ -77,10 +116,12 @@ def one_size(driver: Any, gib: int, folder: Path) -> dict[str, Any]:
         assert ready and ready[0] == "READY", ready
         pid, first_load_s, digest = int(ready[1]), float(ready[2]), int(ready[3])
         reload_s = float(ask(process, "reload")[1])  # the reference: weights from the page cache again
-        started = time.perf_counter()
-        driver.lock(pid, 30_000)
-        driver.checkpoint(pid)
-        freeze_s = time.perf_counter() - started
+        with NvmlPoller(poll_hz, init_each=init_each) as poller:
+            started = time.perf_counter()
+            driver.lock(pid, 30_000)
+            lock_s = time.perf_counter() - started
+            driver.checkpoint(pid)
+            freeze_s = time.perf_counter() - started
         started = time.perf_counter()
         driver.restore(pid)
         driver.unlock(pid)
@@ -89,6 +130,10 @@ def one_size(driver: Any, gib: int, folder: Path) -> dict[str, Any]:
         nbytes = gib * GiB
         row = {
             "gib": gib,
+            "nvml_poll_hz": poll_hz,
+            "nvml_init_each_read": init_each,
+            "nvml_reads_during_freeze": poller.reads,
+            "lock_s": lock_s,
             "first_load_s": first_load_s,
             "reload_from_page_cache_s": reload_s,
             "freeze_s": freeze_s,
@@ -111,6 +156,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", default="2,8,32")
+    parser.add_argument("--poll-nvml-hz", type=float, default=0.0, help="read NVML this often during freezes")
+    parser.add_argument("--nvml-init-each", action="store_true", help="nvmlInit/Shutdown around each read")
     args = parser.parse_args()
     from app.core.freeze.driver import open_driver
 
@@ -118,7 +165,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vs-freeze-") as tmp:
         for gib in (int(s) for s in args.sizes.split(",")):
-            rows.append(one_size(driver, gib, Path(tmp)))
+            rows.append(
+                one_size(driver, gib, Path(tmp), poll_hz=args.poll_nvml_hz, init_each=args.nvml_init_each)
+            )
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     return 0
 

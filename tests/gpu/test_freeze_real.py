@@ -27,7 +27,11 @@ x = torch.arange(nbytes // 4, dtype=torch.int32, device="cuda")  # a pattern we 
 x.mul_(3).add_(7)
 torch.cuda.synchronize()
 def digest():
-    return int((x.to(torch.int64) * 2654435761 % 1000003).sum().item())
+    value = int((x.to(torch.int64) * 2654435761 % 1000003).sum().item())
+    # the int64 temporaries (32 GiB for 8 GiB of int32) stay in PyTorch's cache unless emptied, and a freeze
+    # moves everything the process holds: without this the "8 GiB" process froze 40 GiB (15-16 s on an H100)
+    torch.cuda.empty_cache()
+    return value
 print("READY", os.getpid(), digest(), flush=True)
 for line in sys.stdin:
     if line.strip() == "check":
@@ -163,7 +167,10 @@ def test_a_game_freezes_an_8_gib_pytorch_process_and_the_cooldown_restores_it(
         assert wait_until(lambda: nvml_used(target.pid) <= 64 << 20, 120), "the process was not frozen"
         frozen_s = time.monotonic() - started
         steps = {k: round(v - started, 2) for k, v in sorted(marks.items(), key=lambda kv: kv[1])}
-        print(f"signal -> frozen in NVML {frozen_s:.2f} s; steps after the signal (s): {steps}")
+        print(
+            f"signal -> frozen in NVML {frozen_s:.2f} s for {before / GiB:.1f} GiB "
+            f"({before / frozen_s / 1e9:.1f} GB/s); steps after the signal (s): {steps}"
+        )
         snapshot = steward.snapshot
         assert snapshot is not None and [m.state for m in snapshot.models] == ["frozen"]
         signals.games = ()
