@@ -37,6 +37,7 @@ from app.core.config import SETTING_SPECS, Settings, SettingSpec, SpecKind
 from app.core.errors import VramError
 from app.ui import autostart
 from app.ui.growing_text import set_growing_text
+from app.ui.vulkan_layer_row import VulkanLayerRow
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ class SettingsDialog(QDialog):
             label.setToolTip(spec.help)
             forms[section].addRow(label, editor)
             self.editors[spec.key] = editor
+            if spec.key == "vulkan_layer_socket":  # the layer itself is installed here, not by a key
+                self.vulkan_layer = VulkanLayerRow()
+                forms[section].addRow(QLabel("Vulkan game layer:"), self.vulkan_layer)
         layout.addWidget(self.tabs, 1)
         self.autostart = QCheckBox("Start VRAM Steward when I &log in")
         self.autostart.setChecked(autostart.is_enabled())

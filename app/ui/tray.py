@@ -27,6 +27,7 @@ ICON_NAMES = STATE_ICONS
 AUTO_EVICT_TEXT = "Auto-evict when other apps need VRAM"
 AUTO_PAUSE_TEXT = "Auto-pause for gaming"
 RELOAD_NOW_TEXT = "Reload now"
+ADD_MODEL_TEXT = "Add a model..."
 MENU_TEXT_PX = 300  # no line of the menu is wider: the menu (checkbox, margins) stays well under 400 px
 WATCHER_NAME = "org.kde.StatusNotifierWatcher"
 
@@ -80,6 +81,8 @@ class TrayActions(Protocol):
 
     def show_settings(self) -> None: ...
 
+    def show_models(self) -> None: ...  # the models dialog: add a model with a file picker
+
     def freeze_while_gaming(self, executable: str) -> None: ...  # a `kind = "freeze"` entry for it
 
     def quit(self) -> None: ...
@@ -93,6 +96,9 @@ def fill_menu(menu: QMenu, view: TrayView, actions: TrayActions) -> None:
     headline.setEnabled(False)
     for note in view.notes:
         menu.addAction(fit(note)).setEnabled(False)
+    if not view.models:  # not a dead end: the way to the first model is one click
+        menu.addSeparator()
+        menu.addAction(ADD_MODEL_TEXT).triggered.connect(lambda _=False: actions.show_models())
     if view.models:
         menu.addSeparator()
         for model in view.models:

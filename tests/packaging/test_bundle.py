@@ -57,6 +57,8 @@ def test_the_bundle_carries_its_data_files(bundle: Bundle) -> None:
         "resources/vram-steward.desktop",
         "desktop_notifier/resources/python.png",
         "cupy/_core/include/cupy/carray.cuh",
+        "app/data/vulkan_layer/vram_steward_layer.c",
+        "app/data/vulkan_layer/lib64/libVkLayer_vram_steward.so",  # built: the bundle's users need no gcc
     ):
         assert (internal / relative).is_file(), f"{relative} is not in the bundle"
     assert not list(internal.glob("libQt6WebEngine*")), "QtWebEngine must not be bundled"

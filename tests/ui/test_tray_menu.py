@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.holders import ModelState
 from app.ui.application import NO_TRAY_NOTICE, StewardApp
 from app.ui.presenter import present
-from app.ui.tray import AUTO_EVICT_TEXT, AUTO_PAUSE_TEXT, fill_menu, state_icon
+from app.ui.tray import ADD_MODEL_TEXT, AUTO_EVICT_TEXT, AUTO_PAUSE_TEXT, fill_menu, state_icon
 from app.ui.worker import StewardWorker
 from tests.fixtures import ui_snapshots as snaps
 from tests.fixtures.ui_engine import SteppedSteward
@@ -45,6 +45,9 @@ class Recorder:
 
     def show_settings(self) -> None:
         self.calls.append(("settings",))
+
+    def show_models(self) -> None:
+        self.calls.append(("models",))
 
     def quit(self) -> None:
         self.calls.append(("quit",))
@@ -123,6 +126,15 @@ def test_menu_entries_call_the_actions(qtbot: Any) -> None:
         ("quit",),
         ("reload_now",),
     ]
+
+
+def test_with_no_model_the_menu_offers_to_add_one(qtbot: Any) -> None:
+    menu, recorder = QMenu(), Recorder()
+    fill_menu(menu, present(snaps.snapshot("idle", models=()), Settings()), recorder)
+    action(menu, ADD_MODEL_TEXT).trigger()
+    assert recorder.calls == [("models",)]
+    fill_menu(menu, present(snaps.snapshot("active"), Settings()), recorder)
+    assert not any(a.text() == ADD_MODEL_TEXT for a in menu.actions()), "only while there is none"
 
 
 def test_evict_now_is_disabled_when_nothing_is_held(qtbot: Any) -> None:
