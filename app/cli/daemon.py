@@ -6,11 +6,14 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from app.cli.common import load_settings_or_exit
 from app.core.events import Event
 from app.core.notify.messages import describe
+from app.core.settings import Settings
+from app.core.settings_watch import POLL_INTERVAL_S, SettingsFileWatcher
 
 
 def register(sub: Any) -> None:
@@ -40,6 +43,29 @@ def run_daemon(args: argparse.Namespace, notice: str | None) -> int:
         return _run_daemon(args, notice)
     finally:
         lock.release()
+
+
+def _settings_watcher(runtime: Any, router: Any, port: int | None) -> SettingsFileWatcher | None:
+    """Edits of the settings file (`config set`, `discover --manage`, an editor) applied while running."""
+    import dataclasses
+
+    from app.core import paths
+    from app.core.engine.commands import ApplySettings
+
+    if runtime.simulated and runtime.settings.source is None:
+        return None  # a simulation on the defaults: no file of the user's is involved
+    path = runtime.settings.source or paths.default_config_file()
+
+    def apply(new: Settings) -> None:
+        runtime.settings = new
+        if router is not None:
+            router.apply_settings(new)
+        runtime.steward.submit(ApplySettings(new))
+
+    def keep_port(new: Settings) -> Settings:  # `--port N` wins over the file, as at start
+        return new if port is None else dataclasses.replace(new, api_port=port)
+
+    return SettingsFileWatcher(path, lambda: runtime.settings, apply, transform=keep_port)
 
 
 def _run_daemon(args: argparse.Namespace, notice: str | None) -> int:
@@ -73,7 +99,7 @@ def _run_daemon(args: argparse.Namespace, notice: str | None) -> int:
         raise
     from app.core.notify.notifier import attach_notifications
 
-    attach_notifications(runtime)  # desktop notifications where a server runs, else the log
+    router = attach_notifications(runtime)  # desktop notifications where a server runs, else the log
     if runtime.backend.name == "none":
         print(
             "No NVIDIA GPU found: watching nothing. Try `vram-steward daemon --simulate game-launch`.",
@@ -108,11 +134,16 @@ def _run_daemon(args: argparse.Namespace, notice: str | None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     if hasattr(signal, "SIGHUP"):  # the terminal closed, or `kill -HUP`: the same ordered stop
         signal.signal(signal.SIGHUP, on_signal)
+    watcher = _settings_watcher(runtime, router, getattr(args, "port", None))
     runtime.start_worker()
     print("VRAM Steward daemon running; Ctrl+C to stop.", flush=True)
+    next_check = time.monotonic() + POLL_INTERVAL_S
     while not done.wait(0.5):
         if runtime.worker is not None and not runtime.worker.is_alive():
             break
+        if watcher is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + POLL_INTERVAL_S
+            watcher.poll()
     print("stopping: releasing VRAM ...", flush=True)
     runtime.stop()
     print("stopped.", flush=True)

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if added:
         print(
             f"\nSaved in {config}: {', '.join(f'{a.display_name} ({a.url})' for a in added)}. "
-            "A running tray app or daemon manages it from its next start."
+            "A running tray app or daemon manages it within a few seconds "
+            "(both apply edits of their settings file while running)."
         )
     elif any(not app.managed for app in found) and not wanted:
         first = next(app for app in found if not app.managed)

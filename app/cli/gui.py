@@ -287,7 +287,29 @@ def make_steward_app(
     )
     for found in discovery.found if discovery is not None else ():  # found before the GUI listened
         worker.engine_event.emit(found.event(at=runtime.steward.clock()))
+    _watch_settings_file(steward_app, config_path or settings.source, simulated=runtime.simulated)
     return steward_app
+
+
+def _watch_settings_file(steward_app: Any, path: Path | None, *, simulated: bool) -> None:
+    """Edits of the settings file while the tray runs are applied (a stat every 2 s on the GUI thread)."""
+    from PySide6.QtCore import QTimer
+
+    from app.core import paths
+    from app.core.settings_watch import POLL_INTERVAL_S, SettingsFileWatcher
+
+    if path is None and simulated:
+        return  # a simulation on the defaults: no file of the user's is involved
+    watcher = SettingsFileWatcher(
+        Path(path) if path is not None else paths.default_config_file(),
+        lambda: steward_app.settings,
+        steward_app.settings_file_changed,
+    )
+    timer = QTimer(steward_app)
+    timer.setInterval(int(POLL_INTERVAL_S * 1000))
+    timer.timeout.connect(watcher.poll)
+    timer.start()
+    steward_app.settings_watcher = watcher  # kept alive with the app; tests read it
 
 
 def quit_on_signals(quit_app: Any) -> Any:

@@ -378,6 +378,16 @@ class StewardApp(QObject):
         self.problems_window.show()
         self.problems_window.raise_()
 
+    def settings_file_changed(self, settings: Settings) -> None:
+        """The settings file was edited while running (`vram-steward config`, `discover --manage`, an editor)
+        and loads: applied; after a broken start, that also turns the icon back from red."""
+        if self.settings_problems:
+            if self.problems_window is not None:
+                self.problems_window.close()
+            self._settings_fixed(settings)
+        else:
+            self.apply_settings(settings)
+
     def _settings_fixed(self, settings: Settings) -> None:
         """The settings file loads again: use it, and the icon turns back from red."""
         logger.info("the settings file %s loads again: using it", settings.source)
