@@ -46,6 +46,20 @@ ENGINE_WAIT_S = 3.0  # how long to wait for an engine that is still taking its f
 KIND_WORDS = {"daemon": "daemon", "tray": "tray app"}
 
 
+def _warn_if_the_file_does_not_load(args: argparse.Namespace) -> None:
+    from app.core.config import load_settings
+    from app.core.errors import VramError
+
+    try:
+        load_settings(getattr(args, "config", None), check_files=False, migrate=False)
+    except VramError as exc:
+        print(
+            f"warning: the settings file does not load; the running engine keeps the settings it had:\n"
+            f"{exc.user_message()}",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Asks the running engine (tray app or daemon) through its API first: its document has the models and
     the processes' roles. With no engine (or with --simulate) it samples the GPU itself and says so."""
@@ -53,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from app.core.errors import VramError
     from app.core.gpu.backend import GpuBackend
 
-    settings = load_settings_or_exit(args, check_files=False)
     why_direct = "--simulate reads the scenario directly"
     if args.simulate is None and not args.at:
         from_engine, why_direct = ask_engine()
-        if from_engine is not None:
+        if from_engine is not None:  # the engine runs with the settings it has: a broken file is a warning
+            _warn_if_the_file_does_not_load(args)
             if args.json:
                 print(json.dumps(from_engine, indent=2))
             else:
@@ -65,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 print("")
                 print(engine_line(from_engine["engine"]))
             return 0
+    settings = load_settings_or_exit(args, check_files=False)
     extra: dict[str, object] = {}
     events: tuple[Any, ...] = ()
     backend: GpuBackend

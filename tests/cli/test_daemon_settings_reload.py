@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fixtures.engine_procs import read_until, start_daemon, stop
+from tests.fixtures.engine_procs import read_until, run_app, start_daemon, stop
 
 
 def test_the_daemon_applies_an_edit_and_survives_a_broken_one(tmp_path: Path) -> None:
@@ -24,6 +24,9 @@ def test_the_daemon_applies_an_edit_and_survives_a_broken_one(tmp_path: Path) ->
         logged = "".join(p.read_text() for p in (tmp_path / "log").glob("*.log"))  # every problem, named
         assert "resume_cooldown_secs = -5: expected a number of seconds" in logged, logged[-2000:]
         assert proc.poll() is None, "a broken edit never stops the daemon"
+        status = run_app(tmp_path, "status")  # still answers, from the engine, and says what is wrong
+        assert status.returncode == 0, status.stderr
+        assert "From the running daemon" in status.stdout and "does not load" in status.stderr, status
     finally:
         rest = stop(proc)
     assert "stopped." in rest
