@@ -307,7 +307,13 @@ def _watch_settings_file(steward_app: Any, path: Path | None, *, simulated: bool
     )
     timer = QTimer(steward_app)
     timer.setInterval(int(POLL_INTERVAL_S * 1000))
-    timer.timeout.connect(watcher.poll)
+
+    def poll() -> None:
+        outcome = watcher.poll()
+        if outcome != "unchanged":  # a broken edit shows until the file loads again
+            steward_app.settings_edit_failed(watcher.problem if outcome == "broken" else None)
+
+    timer.timeout.connect(poll)
     timer.start()
     steward_app.settings_watcher = watcher  # kept alive with the app; tests read it
 

@@ -138,6 +138,7 @@ class StewardApp(QObject):
         self.notices = tuple(presenter.as_notice(n) for n in notices)
         self.settings_problems = tuple(settings_problems)  # a broken settings file: running on defaults
         self.notification_problem: str | None = None
+        self.settings_edit_problem: str | None = None  # an edit while running that does not load
         self.welcome = welcome  # the first-run notice: a dashboard banner, and the dashboard opens once
         self.notifications = notifications
         self.tray_available = (
@@ -194,6 +195,14 @@ class StewardApp(QObject):
             )
         if self.notification_problem:
             out.append(Notice("Notifications are not shown", self.notification_problem))
+        if self.settings_edit_problem:
+            out.append(
+                Notice(
+                    "Settings edit not applied: the file has a problem",
+                    f"{self.config_path or self.settings.source} was changed but does not load; VRAM Steward "
+                    f"runs on with the settings it had:\n{self.settings_edit_problem}",
+                )
+            )
         return tuple(out)
 
     def _show_notices(self) -> None:
@@ -377,6 +386,15 @@ class StewardApp(QObject):
             self.problems_window.fixed.connect(self._settings_fixed)
         self.problems_window.show()
         self.problems_window.raise_()
+
+    def settings_edit_failed(self, problem: str | None) -> None:
+        """An edit of the settings file while running does not load (`problem`), or no longer (None): a
+        standing notice in the tray and the dashboard, as the log alone would be silent."""
+        if self._shut_down or problem == self.settings_edit_problem:
+            return
+        self.settings_edit_problem = problem
+        self._show_notices()
+        self._refresh_view()
 
     def settings_file_changed(self, settings: Settings) -> None:
         """The settings file was edited while running (`vram-steward config`, `discover --manage`, an editor)

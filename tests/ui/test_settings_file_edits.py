@@ -26,6 +26,12 @@ def test_an_edit_while_running_is_applied(qtbot: Any, scenario_clock: Any, tmp_p
         config.write_text("resume_cooldown_secs = 5\n# edited by hand\n")
         assert app.settings_watcher.poll() == "applied"
         assert app.settings.resume_cooldown_secs == 5.0
+        config.write_text("resume_cooldown_secs = 5\nresume_cooldown_secs = 6\n")  # a repeated key
+        qtbot.waitUntil(lambda: app.settings_edit_problem is not None, timeout=5000)  # the app's own timer
+        assert any(n.short.startswith("Settings edit not applied") for n in app.current_notices())
+        assert app.settings.resume_cooldown_secs == 5.0, "runs on with what it had"
+        config.write_text("resume_cooldown_secs = 5\n")  # fixed: the notice goes
+        qtbot.waitUntil(lambda: app.settings_edit_problem is None, timeout=5000)
         runtime.steward.tick()  # the engine's next tick (its worker thread is not started here)
         assert runtime.steward.settings.resume_cooldown_secs == 5.0, "through the door to the engine"
     finally:
