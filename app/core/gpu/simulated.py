@@ -194,7 +194,9 @@ class SimulatedBackend:
             state=BackendState.SIMULATED,
             taken_at=at_s,
             gpus=gpus,
-            message=f"Simulated GPU: scenario {self.scenario.name} at {at_s:g} s (no real GPU is used)",
+            message=(
+                f"Simulated GPU: scenario {self.scenario.name} at {round(at_s, 1):g} s (no real GPU is used)"
+            ),
             game_signals=tuple(world.signals),
         )
 
